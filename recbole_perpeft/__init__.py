@@ -1,0 +1,1 @@
+"""Personalised PEFT of multimodal foundation models for sequential recommendation."""
