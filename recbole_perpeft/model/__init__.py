@@ -1,0 +1,1 @@
+"""PerPEFT's models: a multimodal SASRec and three thin classes over it."""

@@ -1,0 +1,28 @@
+"""PEFT kinds, one file each, behind :class:`~recbole_perpeft.tuners.base.GroupModuleBank`."""
+
+from __future__ import annotations
+
+from recbole_perpeft.encoders.base import ItemEncoder
+from recbole_perpeft.tuners.base import GroupModuleBank
+
+
+def peft_kwargs(config) -> dict:
+    """The preset of ``peft_type`` with ``peft_config`` merged over it."""
+    peft_type = str(config["peft_type"]).lower()
+    presets = config["peft_presets"] or {}
+    kwargs = dict(presets.get(peft_type, {}))
+    kwargs.update(config["peft_config"] or {})
+    return kwargs
+
+
+def build_bank(config, encoder: ItemEncoder, n_modules: int) -> GroupModuleBank:
+    """The bank of ``n_modules`` modules of ``config['peft_type']`` on ``encoder``."""
+    peft_type = str(config["peft_type"]).lower()
+    kwargs = peft_kwargs(config)
+    if peft_type == "iisan":
+        from recbole_perpeft.tuners.iisan import IISANBank
+
+        return IISANBank(config, encoder, n_modules, **kwargs)
+    from recbole_perpeft.tuners.peft_library import PeftLibraryBank, build_peft_config
+
+    return PeftLibraryBank(encoder, build_peft_config(peft_type, kwargs, encoder), n_modules)

@@ -1,0 +1,64 @@
+"""The interface every PEFT kind implements: a bank of n group modules on an encoder."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+
+class GroupModuleBank(nn.Module, ABC):
+    """``n_modules`` PEFT modules on one frozen encoder, one active at a time.
+
+    Module 0 is the global module (stage 1); PerPEFT copies it into every group's
+    module before stage 3. Only the active module's parameters require grad, so
+    a training step on one group leaves every other group's tensors (and their
+    optimiser state, which skips parameters without a gradient) untouched.
+    """
+
+    def __init__(self, n_modules: int) -> None:
+        super().__init__()
+        if n_modules < 1:
+            raise ValueError(f"`n_groups`: expected at least 1, got {n_modules}.")
+        self.n_modules = n_modules
+        self.active = 0
+
+    @abstractmethod
+    def activate(self, index: int) -> None:
+        """Make module ``index`` the one the encoder runs with."""
+
+    @abstractmethod
+    def module_parameters(self, index: int) -> list[nn.Parameter]:
+        """The trainable parameters of module ``index``."""
+
+    @abstractmethod
+    def module_state_dict(self, index: int) -> dict[str, torch.Tensor]:
+        """Module ``index``'s tensors, keyed by a name that does not contain the index."""
+
+    @abstractmethod
+    def load_module_state_dict(self, index: int, state: dict[str, torch.Tensor]) -> None:
+        """Set module ``index``'s tensors from :meth:`module_state_dict` output."""
+
+    @abstractmethod
+    def embed(self, batch) -> dict[str, torch.Tensor]:
+        """Embeddings ``{modality: [N, D_m]}`` of a content batch with the active module."""
+
+    @property
+    @abstractmethod
+    def modality_dims(self) -> dict[str, int]:
+        """Width of each modality's embedding."""
+
+    def copy_module(self, source: int, targets: list[int]) -> None:
+        """Copy module ``source`` into each module of ``targets``."""
+        state = {k: v.detach().clone() for k, v in self.module_state_dict(source).items()}
+        for target in targets:
+            self.load_module_state_dict(target, state)
+
+    def module_parameter_count(self, index: int = 0) -> int:
+        """Trainable parameters of one module."""
+        return sum(p.numel() for p in self.module_parameters(index))
+
+    def check_index(self, index: int) -> None:
+        if not 0 <= index < self.n_modules:
+            raise IndexError(f"module {index} of a bank of {self.n_modules}")

@@ -1,0 +1,143 @@
+"""Any method of the peft library (LoRA, (IA)3, LoHa, LoKr, VeRA, ...) as a group bank.
+
+Each group is one peft adapter, named ``group_<g>``, on the same frozen encoder.
+peft's per-sample ``adapter_names`` routing works only at inference, so the
+bank switches the active adapter per batch (``set_adapter``), and the trainer
+makes every training batch hold users of one group.
+"""
+
+from __future__ import annotations
+
+import re
+from logging import getLogger
+
+import torch
+from torch import nn
+
+from recbole_perpeft.encoders.base import ItemEncoder
+from recbole_perpeft.tuners.base import GroupModuleBank
+
+logger = getLogger(__name__)
+
+
+def adapter_name(index: int) -> str:
+    return f"group_{index}"
+
+
+def build_peft_config(peft_type: str, kwargs: dict, encoder: ItemEncoder):
+    """peft's config object for ``peft_type`` with the paper's names translated."""
+    from peft import PeftType
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    allowed = sorted(t.value.lower() for t in PeftType)
+    key = peft_type.upper()
+    if key not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        raise ValueError(
+            f"`peft_type`: expected 'iisan' or one of peft's types {allowed}, "
+            f"got {peft_type!r}."
+        )
+    kwargs = dict(kwargs)
+    canonical_targets = _names(kwargs.get("target_modules"))
+    for field in ("target_modules", "feedforward_modules"):
+        if field in kwargs and kwargs[field] is not None:
+            kwargs[field] = encoder.target_regex(kwargs[field], key=field)
+    lora_only = sorted(set(encoder.LORA_ONLY_TARGETS) & set(canonical_targets))
+    if lora_only and key != "LORA":
+        raise ValueError(
+            f"`peft_config.target_modules`: {lora_only} map to a fused attention "
+            f"module of {type(encoder).__name__} that only LoRA can wrap; drop them "
+            f"for peft_type {peft_type!r}."
+        )
+    config_class = PEFT_TYPE_TO_CONFIG_MAPPING[key]
+    try:
+        return config_class(**kwargs)
+    except TypeError as error:
+        raise ValueError(f"`peft_config`: {error} (peft_type {peft_type!r}).") from error
+
+
+def _names(value) -> list[str]:
+    return [] if value is None or isinstance(value, str) else list(value)
+
+
+class PeftLibraryBank(GroupModuleBank):
+    """``n_modules`` adapters of one peft config on the encoder's backbone.
+
+    Args:
+        encoder (ItemEncoder): its backbone gets the adapters, in place.
+        peft_config (PeftConfig): one adapter's config.
+        n_modules (int): number of adapters.
+    """
+
+    def __init__(self, encoder: ItemEncoder, peft_config, n_modules: int) -> None:
+        super().__init__(n_modules)
+        from peft import inject_adapter_in_model
+
+        # The model owns the encoder; the bank keeps a plain reference so that the
+        # encoder's tensors appear once in the model's state dict.
+        object.__setattr__(self, "encoder", encoder)
+        self.peft_type = str(peft_config.peft_type.value).lower()
+        for parameter in encoder.parameters():
+            parameter.requires_grad_(False)
+        for index in range(n_modules):
+            inject_adapter_in_model(peft_config, encoder.backbone, adapter_name(index))
+        self.wrapped_modules = self._wrapped_module_names()
+        if not self.wrapped_modules:
+            raise ValueError(
+                f"`peft_config.target_modules`: {peft_config.target_modules!r} wrapped "
+                f"no module of {type(encoder).__name__}."
+            )
+        self.activate(0)
+
+    def _tuner_layers(self) -> list[tuple[str, nn.Module]]:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return [
+            (name, module)
+            for name, module in self.encoder.backbone.named_modules()
+            if isinstance(module, BaseTunerLayer)
+        ]
+
+    def _wrapped_module_names(self) -> list[str]:
+        return [name for name, _ in self._tuner_layers()]
+
+    def activate(self, index: int) -> None:
+        self.check_index(index)
+        for _, layer in self._tuner_layers():
+            # set_adapter also sets requires_grad: True for this adapter only.
+            layer.set_adapter(adapter_name(index))
+        self.active = index
+
+    def _module_items(self, index: int):
+        mark = re.compile(rf"(^|\.){re.escape(adapter_name(index))}(\.|$)")
+        for name, tensor in self.encoder.backbone.state_dict(keep_vars=True).items():
+            if mark.search(name):
+                yield mark.sub(r"\1{adapter}\2", name), name, tensor
+
+    def module_parameters(self, index: int) -> list[nn.Parameter]:
+        return [
+            tensor
+            for _, _, tensor in self._module_items(index)
+            if isinstance(tensor, nn.Parameter)
+        ]
+
+    def module_state_dict(self, index: int) -> dict[str, torch.Tensor]:
+        return {key: tensor for key, _, tensor in self._module_items(index)}
+
+    def load_module_state_dict(self, index: int, state: dict[str, torch.Tensor]) -> None:
+        own = {key: tensor for key, _, tensor in self._module_items(index)}
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(
+                f"module {index}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        with torch.no_grad():
+            for key, tensor in own.items():
+                tensor.copy_(state[key])
+
+    @property
+    def modality_dims(self) -> dict[str, int]:
+        return self.encoder.modality_dims
+
+    def embed(self, batch) -> dict[str, torch.Tensor]:
+        return self.encoder(batch)
