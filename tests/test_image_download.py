@@ -182,7 +182,7 @@ def test_extension_choice() -> None:
 
 
 def test_cli_summary_and_bad_options(
-    tmp_path: Path, prep_image_server: str, capsys
+    tmp_path: Path, prep_image_server: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "one"
     folder.mkdir()

@@ -276,7 +276,9 @@ def test_k_core_filter_cascades() -> None:
     assert kept.tolist() == list(range(8))
 
 
-def test_empty_reviews_is_a_clear_error(tmp_path: Path, capsys) -> None:
+def test_empty_reviews_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     reviews = _write(tmp_path / "Empty.jsonl", [])
     meta = _write(tmp_path / "meta_Empty.jsonl", META_LINES)
     out = tmp_path / "dataset" / "empty"
@@ -336,7 +338,9 @@ def test_bad_option_values_name_the_option(tmp_path: Path) -> None:
         prepare_amazon2023(reviews, tmp_path / "nope.jsonl", tmp_path / "toy")
 
 
-def test_cli_prints_the_table_row(tmp_path: Path, capsys) -> None:
+def test_cli_prints_the_table_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     reviews, meta = _raw(tmp_path)
     out = tmp_path / "toy"
     code = main(

@@ -138,7 +138,9 @@ def test_unknown_ids_and_unsafe_pickles_are_refused(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["archive", "toy"]
 
 
-def test_empty_txt_and_bad_options(tmp_path: Path, capsys) -> None:
+def test_empty_txt_and_bad_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     archive = _archive(tmp_path)
     (archive / "toy_final.txt").write_text("\n", encoding="utf-8")
     out = tmp_path / "toy"
@@ -151,7 +153,7 @@ def test_empty_txt_and_bad_options(tmp_path: Path, capsys) -> None:
         convert_authors_archive(archive, out, images="move")
 
 
-def test_cli_finds_the_name(tmp_path: Path, capsys) -> None:
+def test_cli_finds_the_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     archive = _archive(tmp_path, name="Sports")
     out = tmp_path / "sports_outdoors"
     code = main(["authors-archive", "--archive", str(archive), "--out", str(out)])
