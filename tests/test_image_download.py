@@ -175,6 +175,15 @@ def test_backoff_is_exponential(tmp_path: Path, prep_image_server: str) -> None:
     assert waits == [0.5, 1.0, 2.0]
 
 
+def test_only_http_urls_are_fetched(tmp_path: Path) -> None:
+    local = tmp_path / "secret.jpg"
+    local.write_bytes(JPEG)
+    outcome, reason = download_one(
+        "x", local.as_uri(), tmp_path, timeout=TIMEOUT, retries=0, backoff=0.0
+    )
+    assert outcome == "failed" and "allowed: http, https" in reason
+
+
 def test_extension_choice() -> None:
     assert extension_for("image/png; charset=binary", "http://h/x.jpg") == "png"
     assert extension_for("application/octet-stream", "http://h/a/x.webp?s=1") == "webp"

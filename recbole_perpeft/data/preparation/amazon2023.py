@@ -322,7 +322,15 @@ def check_text_fields(text_fields: Sequence[str]) -> tuple[str, ...]:
 
 @dataclass
 class _Reviews:
-    """Interned reviews: integer arrays plus the id tables."""
+    """Interned reviews: integer arrays plus the id tables.
+
+    Attributes:
+        users (np.ndarray): User index of each review, in file order.
+        items (np.ndarray): Item index of each review.
+        timestamps (np.ndarray): Milliseconds of each review.
+        user_ids (list[str]): User index -> ``user_id``.
+        item_ids (list[str]): Item index -> ``parent_asin``.
+    """
 
     users: np.ndarray
     items: np.ndarray
@@ -401,7 +409,12 @@ def first_interactions(reviews: _Reviews) -> np.ndarray:
 
 @dataclass
 class _ItemMeta:
-    """What is kept of one meta record."""
+    """What is kept of one meta record.
+
+    Attributes:
+        texts (tuple[str, ...]): One cleaned text per requested field.
+        url (str | None): URL of the main image, if any.
+    """
 
     texts: tuple[str, ...]
     url: str | None
@@ -490,6 +503,13 @@ def prepare_amazon2023(
     """
     reviews, meta, out = Path(reviews), Path(meta), Path(out)
     name = check_dataset_name(name if name is not None else out.name)
+    if name != out.name:
+        logger.warning(
+            "--name %r differs from the folder name of --out %r; RecBole expects "
+            "<data_path>/<dataset>/<dataset>.inter",
+            name,
+            out.name,
+        )
     _check_positive("--min-user", min_user)
     _check_positive("--min-item", min_item)
     fields = check_text_fields(text_fields)

@@ -299,6 +299,9 @@ def download_one(
         check_token(item_id, "item id")
     except PreparationError as exc:
         return "failed", str(exc)
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        return "failed", f"unsupported URL scheme {scheme!r}; allowed: http, https"
     if existing_image(images_dir, item_id) is not None:
         return "skipped", ""
     reason = ""
