@@ -135,9 +135,7 @@ def apply() -> None:
         "ignore", message="pkg_resources is deprecated", category=UserWarning
     )
     warnings.filterwarnings(
-        "ignore",
-        message="Deprecated call to `pkg_resources",
-        category=DeprecationWarning,
+        "ignore", message="Deprecated call to `pkg_resources", category=DeprecationWarning
     )
     patch_pandas_copy_on_write()
     patch_recbole_checkpoint_loading()
