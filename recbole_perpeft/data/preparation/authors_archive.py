@@ -1,0 +1,458 @@
+"""The authors' published archive -> the same RecBole atomic layout.
+
+No copy of the archive was at hand when this was written; it follows the
+description of its files, and makes these assumptions (also in
+``dataset/README.md``):
+
+- ``<name>_final.txt``: whitespace-separated lines ``user item`` (one
+  interaction per line) or ``user item1 item2 ...``; a user's interactions are
+  in time order in the file. Order of first appearance is kept as is; lines
+  with fewer than two fields are skipped and counted.
+- ``<name>_item2id_final.pickle``: a dict between raw item keys (e.g. ASINs)
+  and the ids used in the txt. Its direction is detected: the side whose
+  values match the txt ids is taken as the id side. A list is read as
+  index -> raw key.
+- ``<name>_texts_final.pickle``: a dict item -> title, keyed by the txt ids or
+  by the raw keys (detected the same way); a list is read as index -> title.
+  A title that is a list of strings is joined with spaces.
+- ``<name>_images/<item>.jpg``: named by txt id or raw key (both are tried).
+
+The pickles are read with an unpickler that only builds plain containers,
+strings and numbers (and numpy scalars), since unpickling runs code; pass
+``trust_pickles`` to lift that for an archive you trust.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from recbole_perpeft.data.preparation.amazon2023 import (
+    PreparationResult,
+    check_dataset_name,
+)
+from recbole_perpeft.data.preparation.atomic import (
+    DatasetStats,
+    PreparationError,
+    ReadReport,
+    atomic_directory,
+    check_output_dir,
+    check_token,
+    clean_text,
+    write_inter,
+    write_item,
+    write_json,
+)
+
+logger = logging.getLogger(__name__)
+
+IMAGE_MODES = ("copy", "symlink", "none")
+ITEM_KEYS = ("raw", "id")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+_SAFE_GLOBALS = {
+    ("builtins", "dict"),
+    ("builtins", "list"),
+    ("builtins", "tuple"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "str"),
+    ("builtins", "bytes"),
+    ("builtins", "int"),
+    ("builtins", "float"),
+    ("builtins", "bool"),
+    ("collections", "OrderedDict"),
+    ("collections", "defaultdict"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """An unpickler that refuses anything but plain data."""
+
+    def find_class(self, module: str, name: str) -> object:
+        """Resolve a global only if it is in the allowed list.
+
+        Args:
+            module (str): Module of the global.
+            name (str): Its name.
+
+        Returns:
+            object: The global.
+
+        Raises:
+            pickle.UnpicklingError: For anything not allowed.
+        """
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def load_pickle(path: Path, trust: bool = False) -> object:
+    """Load a pickle of plain data.
+
+    Args:
+        path (Path): The file.
+        trust (bool): Use the standard unpickler, which may run code.
+
+    Returns:
+        object: The unpickled object.
+
+    Raises:
+        PreparationError: If the file cannot be read as a pickle, or holds
+            objects other than plain data without ``trust``.
+    """
+    data = path.read_bytes()
+    try:
+        if trust:
+            return pickle.loads(data)
+        return _PlainUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as exc:
+        hint = "" if trust else "; pass --trust-pickles if you trust the archive"
+        raise PreparationError(f"{str(path)!r}: {exc}{hint}") from exc
+    except Exception as exc:
+        raise PreparationError(
+            f"{str(path)!r} is not a readable pickle: {exc}"
+        ) from exc
+
+
+def _as_mapping(value: object, path: Path, what: str) -> dict[object, object]:
+    """Accept a dict, or a list/tuple read as index -> value.
+
+    Args:
+        value (object): The unpickled object.
+        path (Path): Its file, for messages.
+        what (str): What it should hold, for messages.
+
+    Returns:
+        dict[object, object]: The mapping.
+
+    Raises:
+        PreparationError: For any other type.
+    """
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (list, tuple)):
+        return dict(enumerate(value))
+    raise PreparationError(
+        f"{str(path)!r} should hold a dict ({what}); got {type(value).__name__}"
+    )
+
+
+def _key(value: object) -> str:
+    """Normalise a pickle key or value to the string form used in the txt.
+
+    Args:
+        value (object): An int, numpy integer, str, ...
+
+    Returns:
+        str: Its text, stripped.
+    """
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    return str(value).strip()
+
+
+def read_interactions(path: Path, report: ReadReport) -> list[tuple[str, str]]:
+    """Read ``<name>_final.txt`` into ``(user, item id)`` pairs in file order.
+
+    Args:
+        path (Path): The txt file.
+        report (ReadReport): Filled in while reading.
+
+    Returns:
+        list[tuple[str, str]]: The interactions.
+
+    Raises:
+        PreparationError: If the file is empty or holds no interaction.
+    """
+    pairs: list[tuple[str, str]] = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            report.lines += 1
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = raw.decode("utf-8", errors="replace")
+                report.non_utf8.add(number)
+            parts = text.split()
+            if len(parts) < 2:
+                report.malformed.add(number)
+                continue
+            pairs.extend((parts[0], item) for item in parts[1:])
+            report.records += 1
+    if report.lines == 0:
+        raise PreparationError(f"{str(path)!r} is empty")
+    if not pairs:
+        raise PreparationError(
+            f"{str(path)!r} holds no 'user item' line ({report.lines} lines read)"
+        )
+    return pairs
+
+
+def orient_item2id(
+    mapping: dict[object, object], txt_ids: set[str], path: Path
+) -> dict[str, str]:
+    """Return txt id -> raw key, whichever direction the pickle is stored in.
+
+    Args:
+        mapping (dict[object, object]): The unpickled item2id mapping.
+        txt_ids (set[str]): Item ids used in the txt.
+        path (Path): The pickle, for messages.
+
+    Returns:
+        dict[str, str]: txt id -> raw item key.
+
+    Raises:
+        PreparationError: If neither side matches the txt ids.
+    """
+    keys = {_key(k) for k in mapping}
+    values = {_key(v) for v in mapping.values()}
+    by_values = len(txt_ids & values)
+    by_keys = len(txt_ids & keys)
+    if by_values == 0 and by_keys == 0:
+        raise PreparationError(
+            f"{str(path)!r}: neither its keys nor its values match the item ids "
+            "of the txt file"
+        )
+    if by_values >= by_keys:
+        logger.info("%s read as raw key -> id (%d ids match)", path.name, by_values)
+        return {_key(v): _key(k) for k, v in mapping.items()}
+    logger.info("%s read as id -> raw key (%d ids match)", path.name, by_keys)
+    return {_key(k): _key(v) for k, v in mapping.items()}
+
+
+def _title(value: object) -> str:
+    """Turn a texts-pickle value into a title.
+
+    Args:
+        value (object): A string, a list of strings, or a dict with a title.
+
+    Returns:
+        str: The cleaned title.
+    """
+    if isinstance(value, Mapping):
+        value = value.get("title", "")
+    return clean_text(value)
+
+
+def _find_image(images_dir: Path, names: tuple[str, ...]) -> Path | None:
+    """Find an item's image under any of its names.
+
+    Args:
+        images_dir (Path): ``<name>_images``.
+        names (tuple[str, ...]): Stems to try (txt id, raw key).
+
+    Returns:
+        Path | None: The image file, if any.
+    """
+    for stem in names:
+        for suffix in IMAGE_SUFFIXES:
+            candidate = images_dir / f"{stem}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _archive_name(archive: Path) -> str:
+    """Find the dataset name from the single ``*_final.txt`` in the archive.
+
+    Args:
+        archive (Path): The archive folder.
+
+    Returns:
+        str: The name.
+
+    Raises:
+        PreparationError: If there is not exactly one such file.
+    """
+    found = sorted(archive.glob("*_final.txt"))
+    if len(found) != 1:
+        listed = ", ".join(p.name for p in found) or "none"
+        raise PreparationError(
+            f"--archive {str(archive)!r} should hold exactly one <name>_final.txt "
+            f"(found {listed}); pass --name"
+        )
+    return found[0].name[: -len("_final.txt")]
+
+
+def convert_authors_archive(
+    archive: Path | str,
+    out: Path | str,
+    name: str | None = None,
+    images: str = "copy",
+    item_key: str = "raw",
+    trust_pickles: bool = False,
+    overwrite: bool = False,
+) -> PreparationResult:
+    """Convert the authors' archive of one dataset into a RecBole dataset folder.
+
+    Args:
+        archive (Path | str): Folder holding ``<name>_final.txt`` and friends.
+        out (Path | str): Output folder, ``dataset/<name>``.
+        name (str | None): Name of the files in the archive; found from the
+            single ``*_final.txt`` if not given. The output files are named
+            after the folder name of ``out``.
+        images (str): ``copy``, ``symlink`` (absolute links) or ``none``.
+        item_key (str): ``raw`` to use the raw keys of the item2id pickle as
+            item ids (as the amazon2023 converter does), ``id`` to keep the
+            txt ids.
+        trust_pickles (bool): Load the pickles with the standard unpickler.
+        overwrite (bool): Replace an existing non-empty output folder.
+
+    Returns:
+        PreparationResult: The folder, its statistics and the reading report.
+
+    Raises:
+        PreparationError: On missing, empty or inconsistent archive files.
+        ValueError: On an option value out of range.
+        FileExistsError: If ``out`` exists and ``overwrite`` is off.
+    """
+    archive, out = Path(archive), Path(out)
+    if images not in IMAGE_MODES:
+        raise ValueError(
+            f"--images must be one of {', '.join(IMAGE_MODES)}; got {images!r}"
+        )
+    if item_key not in ITEM_KEYS:
+        raise ValueError(
+            f"--item-key must be one of {', '.join(ITEM_KEYS)}; got {item_key!r}"
+        )
+    if not archive.is_dir():
+        raise FileNotFoundError(f"--archive {str(archive)!r} is not a directory")
+    source = name if name is not None else _archive_name(archive)
+    out_name = check_dataset_name(out.name)
+    check_output_dir(out, overwrite)
+    txt = archive / f"{source}_final.txt"
+    item2id_path = archive / f"{source}_item2id_final.pickle"
+    texts_path = archive / f"{source}_texts_final.pickle"
+    images_dir = archive / f"{source}_images"
+    for path in (txt, texts_path) + ((item2id_path,) if item_key == "raw" else ()):
+        if not path.is_file():
+            raise PreparationError(f"--archive: {str(path)!r} is missing")
+
+    report = ReadReport(str(txt))
+    pairs = read_interactions(txt, report)
+    report.log_warnings()
+    txt_ids = {item for _, item in pairs}
+
+    id_to_raw: dict[str, str] = {}
+    if item2id_path.is_file():
+        id_to_raw = orient_item2id(
+            _as_mapping(
+                load_pickle(item2id_path, trust_pickles),
+                item2id_path,
+                "raw item key <-> id",
+            ),
+            txt_ids,
+            item2id_path,
+        )
+    if item_key == "raw":
+        missing = sorted(txt_ids - id_to_raw.keys())
+        if missing:
+            raise PreparationError(
+                f"{len(missing)} item ids of the txt are not in {item2id_path.name} "
+                f"(first: {', '.join(missing[:5])}); use --item-key id"
+            )
+        out_id = {tid: check_token(id_to_raw[tid], "raw item key") for tid in txt_ids}
+    else:
+        out_id = {tid: check_token(tid, "item id") for tid in txt_ids}
+    if len(set(out_id.values())) != len(out_id):
+        raise PreparationError(
+            f"{item2id_path.name} maps several txt ids to the same raw key; "
+            "use --item-key id"
+        )
+    texts = {
+        _key(k): v
+        for k, v in _as_mapping(
+            load_pickle(texts_path, trust_pickles), texts_path, "item -> title"
+        ).items()
+    }
+    raw_ids = {id_to_raw.get(tid, tid) for tid in txt_ids}
+    by_raw = len(raw_ids & texts.keys()) if id_to_raw else 0
+    by_id = len(txt_ids & texts.keys())
+    texts_keyed = "raw" if by_raw > by_id else "id"
+    logger.info("%s keyed by %s item keys", texts_path.name, texts_keyed)
+    titles: dict[str, tuple[str]] = {}
+    without_title = 0
+    for tid in sorted(txt_ids, key=lambda t: out_id[t]):
+        lookup = id_to_raw.get(tid, tid) if texts_keyed == "raw" else tid
+        if lookup not in texts:
+            without_title += 1
+        titles[out_id[tid]] = (_title(texts.get(lookup, "")),)
+    if without_title:
+        logger.warning("%d items have no title in %s", without_title, texts_path.name)
+
+    found_images: dict[str, Path] = {}
+    if images != "none":
+        if not images_dir.is_dir():
+            logger.warning("%s is missing; no images are linked", images_dir)
+        else:
+            for tid in txt_ids:
+                path = _find_image(images_dir, (tid, id_to_raw.get(tid, tid)))
+                if path is not None:
+                    found_images[out_id[tid]] = path
+    without_image = len(txt_ids) - len(found_images) if images != "none" else None
+    if without_image:
+        logger.warning("%d items have no image in %s", without_image, images_dir)
+
+    users = {user for user, _ in pairs}
+    stats = DatasetStats(out_name, len(users), len(txt_ids), len(pairs))
+    details: dict[str, object] = {
+        "stats": stats.to_dict(),
+        "source": {
+            "kind": "authors-archive",
+            "archive": str(archive),
+            "name": source,
+            "item_key": item_key,
+            "images": images,
+            "texts_keyed_by": texts_keyed,
+            "timestamp_unit": "synthetic: position of the interaction in the txt",
+        },
+        "filtering": {
+            "items_without_title": without_title,
+            "items_without_image": without_image,
+        },
+        "reports": {"interactions": report.to_dict()},
+    }
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        write_inter(
+            tmp / f"{out_name}.inter",
+            ((user, out_id[tid], f"{n}.0") for n, (user, tid) in enumerate(pairs)),
+        )
+        write_item(tmp / f"{out_name}.item", titles, ("title",))
+        if images != "none":
+            target_dir = tmp / "images"
+            target_dir.mkdir()
+            for item_id, path in sorted(found_images.items()):
+                target = target_dir / f"{item_id}{_suffix(path)}"
+                if images == "copy":
+                    shutil.copyfile(path, target)
+                else:
+                    os.symlink(path.resolve(), target)
+        write_json(tmp / "stats.json", details)
+    logger.info("%s", stats.table_row())
+    return PreparationResult(out=out, stats=stats, details=details)
+
+
+def _suffix(path: Path) -> str:
+    """Return the output suffix of an archive image (``.jpeg`` becomes ``.jpg``).
+
+    Args:
+        path (Path): The archive image.
+
+    Returns:
+        str: The suffix with the dot.
+    """
+    suffix = path.suffix.lower()
+    return ".jpg" if suffix == ".jpeg" else suffix
