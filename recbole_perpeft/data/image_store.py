@@ -270,6 +270,15 @@ class ImageStore:
     ) -> dict[str, list[int]]:
         """Decode every image into a new memmap and move it into place atomically.
 
+        Args:
+            image_paths (list[str | None]): Image file per internal item id.
+            image_size (int): Side ``S``.
+            npy_path (str): Final array path.
+            json_path (str): Final metadata path.
+            fingerprint (str): Fingerprint of the inputs, saved in the JSON.
+            show_progress (bool): Show a tqdm bar.
+            num_workers (int): Decoding threads (1: no pool).
+
         Returns:
             dict[str, list[int]]: Reason -> sorted internal item ids.
         """

@@ -277,6 +277,13 @@ class _Sampler:
         popularity: np.ndarray,
         rng: np.random.Generator,
     ) -> None:
+        """Index the items of every attribute value.
+
+        Args:
+            attrs (dict[str, np.ndarray]): Attribute -> value code per item.
+            popularity (np.ndarray): Positive weight per item.
+            rng (np.random.Generator): Source of the draws.
+        """
         self.rng = rng
         self.all_items = np.arange(len(popularity))
         self.all_cdf = np.cumsum(popularity) / popularity.sum()
