@@ -20,10 +20,11 @@ What breaks, and what this module does about it:
   setuptools removed in release 81. That one is fixed by a pin,
   ``setuptools<81``, in ``setup.cfg``; this module only silences the
   deprecation warning that importing it prints.
-- pandas 3 turns on copy-on-write, so chained in-place updates such as
-  ``df[col].fillna(..., inplace=True)`` silently do nothing. RecBole's
-  ``Dataset._fill_nan`` does exactly that; it is replaced by an equivalent that
-  assigns the column back.
+- pandas 3 changed semantics RecBole's dataset code relies on: chained in-place
+  updates (``df[col].fillna(..., inplace=True)``) silently do nothing under
+  copy-on-write, and ``Series.agg(len)`` over a column of arrays returns the
+  column's length instead of one length per row. Patching each call site would
+  be fragile and silent when wrong, so ``setup.cfg`` pins ``pandas<3``.
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ _NUMPY_ALIASES = {
     "float": float,
     "int": int,
     "bool": bool,
-    "object": object,
-    "str": str,
     "long": int,
     "bool8": np.bool_,
     "float_": np.float64,
@@ -98,33 +97,6 @@ def patch_recbole_checkpoint_loading() -> None:
             module.torch = trusted_torch(torch)
 
 
-def _fill_nan(self) -> None:
-    # Same result as RecBole 1.2.1's Dataset._fill_nan, written so that it also
-    # works under pandas copy-on-write: each filled column is assigned back.
-    from recbole.utils import FeatureType
-
-    for feat_name in self.feat_name_list:
-        feat = getattr(self, feat_name)
-        for field in feat:
-            ftype = self.field2type[field]
-            if ftype == FeatureType.TOKEN:
-                feat[field] = feat[field].fillna(value=0)
-            elif ftype == FeatureType.FLOAT:
-                feat[field] = feat[field].fillna(value=feat[field].mean())
-            else:
-                dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
-                feat[field] = feat[field].apply(
-                    lambda x: np.array([], dtype=dtype) if isinstance(x, float) else x
-                )
-
-
-def patch_pandas_copy_on_write() -> None:
-    """Replace RecBole methods whose in-place pandas updates are lost under pandas 3."""
-    from recbole.data.dataset import Dataset
-
-    Dataset._fill_nan = _fill_nan
-
-
 def apply() -> None:
     """Apply every fix once. Safe to call many times."""
     global _applied
@@ -137,6 +109,5 @@ def apply() -> None:
     warnings.filterwarnings(
         "ignore", message="Deprecated call to `pkg_resources", category=DeprecationWarning
     )
-    patch_pandas_copy_on_write()
     patch_recbole_checkpoint_loading()
     _applied = True

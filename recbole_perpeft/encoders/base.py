@@ -62,6 +62,14 @@ class ItemEncoder(nn.Module):
         """Image embeddings [N, D_image] of uint8 pixels [N, 3, S, S]."""
         raise NotImplementedError
 
+    def layer_states(self, batch: ContentBatch, layers: list[int]) -> dict[str, torch.Tensor]:
+        """Pooled hidden states of the given layers, ``{modality: [N, len(layers), D_m]}``.
+
+        Used by side networks (IISAN) over the frozen encoder; layer 0 is the
+        embedding output, layer i the output of block i.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not expose layer states")
+
     # ---- shared -------------------------------------------------------------
     @property
     def output_dim(self) -> int:

@@ -141,10 +141,9 @@ class MultimodalSASRec(SequentialRecommender):
             if self._frozen_features is None:
                 self._frozen_features = self._encode_frozen_catalogue()
             return {m: f[item_ids] for m, f in self._frozen_features.items()}
-        batch = self.content.gather(item_ids).to(self.device)
         if self.bank is not None:
-            return self.bank.embed(batch)
-        return self.encoder(batch)
+            return self.bank.embed(item_ids, self.content, self.device)
+        return self.encoder(self.content.gather(item_ids).to(self.device))
 
     def _fuse(self, item_ids: torch.Tensor, raw: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = []

@@ -41,8 +41,14 @@ class GroupModuleBank(nn.Module, ABC):
         """Set module ``index``'s tensors from :meth:`module_state_dict` output."""
 
     @abstractmethod
-    def embed(self, batch) -> dict[str, torch.Tensor]:
-        """Embeddings ``{modality: [N, D_m]}`` of a content batch with the active module."""
+    def embed(self, item_ids: torch.Tensor, content, device: torch.device) -> dict[str, torch.Tensor]:
+        """Embeddings ``{modality: [N, D_m]}`` of ``item_ids`` with the active module.
+
+        Args:
+            item_ids (torch.Tensor): internal item ids [N].
+            content (ItemContent): the catalogue's content store.
+            device (torch.device): where the embeddings are computed.
+        """
 
     @property
     @abstractmethod

@@ -139,5 +139,5 @@ class PeftLibraryBank(GroupModuleBank):
     def modality_dims(self) -> dict[str, int]:
         return self.encoder.modality_dims
 
-    def embed(self, batch) -> dict[str, torch.Tensor]:
-        return self.encoder(batch)
+    def embed(self, item_ids: torch.Tensor, content, device: torch.device) -> dict[str, torch.Tensor]:
+        return self.encoder(content.gather(item_ids).to(device))
