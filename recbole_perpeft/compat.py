@@ -106,6 +106,9 @@ def apply() -> None:
     warnings.filterwarnings(
         "ignore", message="pkg_resources is deprecated", category=UserWarning
     )
+    # RecBole 1.2.1's own FutureWarnings (chained fillna, torch.cuda.amp) say
+    # nothing a user of this package can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
     warnings.filterwarnings(
         "ignore", message="Deprecated call to `pkg_resources", category=DeprecationWarning
     )

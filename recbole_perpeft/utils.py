@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 
 OUR_MODELS = {
     "FrozenMM": "recbole_perpeft.model.frozen_mm",
@@ -19,15 +20,17 @@ def is_our_model(name: str) -> bool:
 
 def recbole_model_names() -> list[str]:
     """Names of RecBole 1.2.1's built-in models."""
-    import recbole.model as recbole_model
+    import recbole
 
+    # Read the families' __init__ files rather than importing them: some need
+    # optional packages (lightgbm, xgboost) that a user may not have.
     names = []
-    base = os.path.dirname(recbole_model.__file__)
+    base = os.path.join(os.path.dirname(recbole.__file__), "model")
     for family in sorted(os.listdir(base)):
-        folder = os.path.join(base, family)
-        if family.endswith("_recommender") and os.path.isdir(folder):
-            module = importlib.import_module(f"recbole.model.{family}")
-            names.extend(n for n in dir(module) if n[:1].isupper())
+        init = os.path.join(base, family, "__init__.py")
+        if family.endswith("_recommender") and os.path.isfile(init):
+            with open(init, encoding="utf-8") as handle:
+                names.extend(re.findall(r"^from .+ import (\w+)", handle.read(), re.M))
     return sorted(set(names))
 
 

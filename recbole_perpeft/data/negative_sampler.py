@@ -84,9 +84,8 @@ class NegativeSampler:
                 return negatives
             negatives[bad] = pool[rng.integers(len(pool), size=int(bad.sum()))]
             bad[bad] = self.owns(users[bad], negatives[bad])
-        if pool is not self.all_items:
-            # The user owns (nearly) the whole group pool: fall back to all items.
-            negatives[bad] = self._uniform_unowned(users[bad], rng)
+        # The user owns (nearly) the whole pool: fall back to all items.
+        negatives[bad] = self._uniform_unowned(users[bad], rng)
         return negatives
 
     def _uniform_unowned(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:

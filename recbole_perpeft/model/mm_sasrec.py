@@ -54,6 +54,9 @@ class MultimodalSASRec(SequentialRecommender):
         self.show_progress = config["show_progress"]
         self.n_users = dataset.user_num
         self.initializer_range = config["initializer_range"]
+        # Pretrained foundation weights are re-read from encoder_path on load;
+        # randomly initialised ones cannot be, so they go into the checkpoint.
+        self.save_foundation = config["encoder_random_init"] is not None
 
         # define the SASRec layers
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
@@ -306,6 +309,8 @@ class MultimodalSASRec(SequentialRecommender):
     def _frozen_foundation_keys(self) -> set[str]:
         """State keys of the foundation model's own (frozen) weights, which are
         re-read from ``encoder_path`` rather than saved in every checkpoint."""
+        if self.save_foundation:
+            return set()
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         adapter = set()
         if self.bank is not None:

@@ -9,6 +9,7 @@ makes every training batch hold users of one group.
 from __future__ import annotations
 
 import re
+import warnings
 from logging import getLogger
 
 import torch
@@ -78,8 +79,11 @@ class PeftLibraryBank(GroupModuleBank):
         self.peft_type = str(peft_config.peft_type.value).lower()
         for parameter in encoder.parameters():
             parameter.requires_grad_(False)
-        for index in range(n_modules):
-            inject_adapter_in_model(peft_config, encoder.backbone, adapter_name(index))
+        with warnings.catch_warnings():
+            # Several adapters on one model are the point of the bank.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            for index in range(n_modules):
+                inject_adapter_in_model(peft_config, encoder.backbone, adapter_name(index))
         self.wrapped_modules = self._wrapped_module_names()
         if not self.wrapped_modules:
             raise ValueError(
