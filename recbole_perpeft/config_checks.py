@@ -98,6 +98,7 @@ CONSTRAINTS = {
     "text_fields": ListOfStr(),
     "text_max_length": IntRange(1),
     "encode_batch_size": IntRange(1),
+    "text_length_buckets": IntRange(1),
     "encoder_random_init": OptionalDict(),
     "mm_weight": NumberRange(0.0),
     "loss_type": OneOf(("BCE",)),

@@ -78,6 +78,14 @@ class ItemContent:
     def n_items(self) -> int:
         return len(self.has_text)
 
+    def by_text_length(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """Positions of ``item_ids`` ordered by text length (stable), so that
+        chunks of neighbours share a short padded length."""
+        if self.text_lengths is None:
+            return torch.arange(len(item_ids))
+        lengths = self.text_lengths[item_ids.cpu()]
+        return torch.sort(lengths, stable=True).indices
+
     def gather(self, item_ids: torch.Tensor) -> ContentBatch:
         """Content of ``item_ids`` (a 1-D tensor of internal ids), text padded
         only to the longest text among them."""

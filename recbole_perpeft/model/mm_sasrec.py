@@ -51,6 +51,7 @@ class MultimodalSASRec(SequentialRecommender):
         self.hidden_size = config["hidden_size"]
         self.mm_weight = config["mm_weight"]
         self.encode_batch_size = config["encode_batch_size"]
+        self.text_length_buckets = config["text_length_buckets"]
         self.show_progress = config["show_progress"]
         self.n_users = dataset.user_num
         self.initializer_range = config["initializer_range"]
@@ -139,14 +140,23 @@ class MultimodalSASRec(SequentialRecommender):
         return ItemContent(input_ids, lengths, has_text, image_store)
 
     # ---- item tower ---------------------------------------------------------
+    def _embed(self, item_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.bank is not None:
+            return self.bank.embed(item_ids, self.content, self.device)
+        return self.encoder(self.content.gather(item_ids).to(self.device))
+
     def _raw_embeddings(self, item_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Encoder embeddings of ``item_ids``, in ``text_length_buckets`` chunks of
+        similar text length so that each chunk is padded only to its own longest."""
         if self.frozen_encoder:
             if self._frozen_features is None:
                 self._frozen_features = self._encode_frozen_catalogue()
             return {m: f[item_ids] for m, f in self._frozen_features.items()}
-        if self.bank is not None:
-            return self.bank.embed(item_ids, self.content, self.device)
-        return self.encoder(self.content.gather(item_ids).to(self.device))
+        order = self.content.by_text_length(item_ids)
+        size = max(1, -(-len(item_ids) // self.text_length_buckets))
+        chunks = [self._embed(item_ids[part]) for part in order.split(size)]
+        inverse = torch.argsort(order).to(self.device)
+        return {m: torch.cat([c[m] for c in chunks])[inverse] for m in chunks[0]}
 
     def _fuse(self, item_ids: torch.Tensor, raw: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = []
@@ -193,11 +203,13 @@ class MultimodalSASRec(SequentialRecommender):
         """Vectors [n_items, H] of the whole catalogue for one module, computed once
         per evaluation (the cache is dropped when the model goes back to training)."""
         if module not in self._catalogue_cache:
-            ids = torch.arange(self.n_items)
+            ids = self.content.by_text_length(torch.arange(self.n_items))
             chunks = ids.split(self.encode_batch_size)
             label = f"Encode g{module}" if len(self.projectors) > 1 else "Encode items"
             parts = [self.item_vectors(chunk, module) for chunk in self._progress(chunks, label)]
-            self._catalogue_cache[module] = torch.cat(parts)
+            table = torch.empty(self.n_items, self.hidden_size, device=self.device)
+            table[ids.to(self.device)] = torch.cat(parts)
+            self._catalogue_cache[module] = table
         return self._catalogue_cache[module]
 
     def train(self, mode: bool = True):
