@@ -23,17 +23,20 @@ each batch back to ``context_length`` with the pad token: a batch cut to its
 longest text gives the same embeddings as fully padded ids (the causal mask
 keeps padding out of the pooled token), it only saves nothing here.
 
-PEFT targets (canonical HF-CLIP name -> open_clip module, both towers, regexes
-fullmatched by peft):
+PEFT targets (canonical HF-CLIP name -> open_clip module; regexes fullmatched
+by peft), in the towers of the used modalities:
 
-==========================================  ==============================
-canonical                                   open_clip
-==========================================  ==============================
-``q_proj``, ``k_proj``, ``v_proj``,          ``*.resblocks.<i>.attn``
-``out_proj``                                (fused ``nn.MultiheadAttention``)
-``fc1``                                     ``*.resblocks.<i>.mlp.c_fc``
-``fc2``                                     ``*.resblocks.<i>.mlp.c_proj``
-==========================================  ==============================
+==================================  =========================================
+canonical                           open_clip
+==================================  =========================================
+``q_proj``, ``k_proj``, ``v_proj``,  ``<tower>.resblocks.<i>.attn`` (the fused
+``out_proj``                        ``nn.MultiheadAttention``, LoRA only)
+``fc1``                             ``<tower>.resblocks.<i>.mlp.c_fc``
+``fc2``                             ``<tower>.resblocks.<i>.mlp.c_proj``
+==================================  =========================================
+
+``<tower>`` is ``visual.transformer`` (image) and/or ``transformer`` (text;
+``text.transformer`` for CustomTextCLIP architectures).
 
 open_clip fuses the query, key and value projections into one
 ``nn.MultiheadAttention`` (``in_proj_weight``), so any of the four attention
@@ -64,6 +67,17 @@ from recbole_perpeft.encoders.base import ItemEncoder, resolve_local_path
 logger = getLogger(__name__)
 
 _ATTN = r".*resblocks\.\d+\.attn"
+_SUFFIXES = {
+    "q_proj": r"attn",
+    "k_proj": r"attn",
+    "v_proj": r"attn",
+    "out_proj": r"attn",
+    "fc1": r"mlp\.c_fc",
+    "fc2": r"mlp\.c_proj",
+}
+# module prefix of each tower's blocks: CLIP keeps the text tower at the top level,
+# CustomTextCLIP under ``text``
+_TOWERS = {"image": r"visual\.transformer", "text": r"(?:text\.)?transformer"}
 
 
 def check_open_clip_config(
@@ -199,6 +213,12 @@ class OpenCLIPEncoder(ItemEncoder):
         std = torch.tensor(preprocess["std"], dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
+        towers = "|".join(_TOWERS[m] for m in self.modalities)
+        # instance attribute: only the towers of the used modalities get adapters
+        self.TARGET_PATTERNS = {
+            key: rf"(?:{towers})\.resblocks\.\d+\.{suffix}"
+            for key, suffix in _SUFFIXES.items()
+        }
 
     # ---- dimensions ---------------------------------------------------------
     @property
