@@ -41,7 +41,8 @@ canonical                           open_clip
 open_clip fuses the query, key and value projections into one
 ``nn.MultiheadAttention`` (``in_proj_weight``), so any of the four attention
 names selects the whole module. Only LoRA can wrap it (peft's LoRA for
-``nn.MultiheadAttention`` adapts ``in_proj`` and ``out_proj`` together), hence
+``nn.MultiheadAttention`` adapts ``in_proj`` and ``out_proj`` together; peft
+reports ``...attn`` and ``...attn.base_layer.out_proj`` as wrapped), hence
 they are :attr:`OpenCLIPEncoder.LORA_ONLY_TARGETS`: a LoRA on ``[q_proj,
 v_proj]`` here adapts all of q, k, v and the output projection, more
 parameters than the paper's HF-CLIP setting. NEVER target ``attn.out_proj``
