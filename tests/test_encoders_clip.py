@@ -8,46 +8,15 @@ import pytest
 import torch
 
 from recbole_perpeft.data.content import ItemContent
+from recbole_perpeft.encoders import hf_clip as hf_clip_encoder
+from recbole_perpeft.encoders import open_clip as open_clip_encoder
 from recbole_perpeft.encoders.hf_clip import HFCLIPEncoder, packaged_clip_tokenizer
 from recbole_perpeft.encoders.open_clip import OpenCLIPEncoder, check_open_clip_config
 from recbole_perpeft.tuners.peft_library import PeftLibraryBank, build_peft_config
 
 # Randomly initialised tiny architectures (not pretrained models).
-TINY_RANDOM_OPEN_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {
-        "image_size": 32,
-        "layers": 2,
-        "width": 32,
-        "head_width": 16,
-        "patch_size": 8,
-    },
-    "text_cfg": {
-        "context_length": 77,
-        "vocab_size": 49408,
-        "width": 32,
-        "heads": 2,
-        "layers": 2,
-    },
-}
-TINY_RANDOM_HF_CLIP = {
-    "text_config": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "max_position_embeddings": 77,
-    },
-    "vision_config": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 32,
-        "patch_size": 8,
-    },
-    "projection_dim": 32,
-}
+TINY_RANDOM_OPEN_CLIP = open_clip_encoder.TINY_RANDOM_INIT
+TINY_RANDOM_HF_CLIP = hf_clip_encoder.TINY_RANDOM_INIT
 TITLES = [
     "",
     "eco red cotton lamp",

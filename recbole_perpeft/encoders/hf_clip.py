@@ -51,6 +51,27 @@ from recbole_perpeft.encoders.base import ItemEncoder, resolve_local_path
 
 logger = getLogger(__name__)
 
+#: A tiny architecture for tests and smoke runs, always with RANDOM weights
+#: (``encoder_random_init: <this>``): width 32, 2 blocks per tower, 32 px images.
+TINY_RANDOM_INIT = {
+    "text_config": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 77,
+    },
+    "vision_config": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    },
+    "projection_dim": 32,
+}
+
 DEFAULT_HUB_NAME = "openai/clip-vit-base-patch32"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -148,7 +169,7 @@ class HFCLIPEncoder(ItemEncoder):
                 base = CLIPConfig.from_pretrained(name, local_files_only=offline)
                 model_config = CLIPConfig(**_deep_merge(base.to_dict(), random_init))
             else:
-                model_config = CLIPConfig(**random_init)
+                model_config = CLIPConfig(**copy.deepcopy(random_init))
             self.backbone = CLIPModel(model_config)
             logger.info(f"hf_clip encoder: RANDOMLY INITIALISED CLIP {random_init}")
         else:

@@ -67,6 +67,26 @@ from recbole_perpeft.encoders.base import ItemEncoder, resolve_local_path
 
 logger = getLogger(__name__)
 
+#: A tiny architecture for tests and smoke runs, always with RANDOM weights
+#: (``encoder_random_init: <this>``): width 32, 2 blocks per tower, 32 px images.
+TINY_RANDOM_INIT = {
+    "embed_dim": 32,
+    "vision_cfg": {
+        "image_size": 32,
+        "layers": 2,
+        "width": 32,
+        "head_width": 16,
+        "patch_size": 8,
+    },
+    "text_cfg": {
+        "context_length": 77,
+        "vocab_size": 49408,
+        "width": 32,
+        "heads": 2,
+        "layers": 2,
+    },
+}
+
 _ATTN = r".*resblocks\.\d+\.attn"
 _SUFFIXES = {
     "q_proj": r"attn",
