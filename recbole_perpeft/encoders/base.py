@@ -50,15 +50,11 @@ class ItemEncoder(nn.Module):
         """Width of each modality's embedding."""
         raise NotImplementedError
 
-    def tokenize(
-        self, texts: list[str], max_length: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids [n, T] (right-padded) and lengths [n] of ``texts``."""
         raise NotImplementedError
 
-    def encode_text(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text embeddings [N, D_text]."""
         raise NotImplementedError
 
@@ -66,9 +62,7 @@ class ItemEncoder(nn.Module):
         """Image embeddings [N, D_image] of uint8 pixels [N, 3, S, S]."""
         raise NotImplementedError
 
-    def layer_states(
-        self, batch: ContentBatch, layers: list[int]
-    ) -> dict[str, torch.Tensor]:
+    def layer_states(self, batch: ContentBatch, layers: list[int]) -> dict[str, torch.Tensor]:
         """Pooled hidden states of the given layers, ``{modality: [N, len(layers), D_m]}``.
 
         Used by side networks (IISAN) over the frozen encoder; layer 0 is the
@@ -118,9 +112,7 @@ class ItemEncoder(nn.Module):
         )
 
 
-_ADAPTER_MARK = re.compile(
-    r"(^|\.)(lora_|ia3_|hada_|lokr_|vera_|boft_|oft_|ranknum|lora_magnitude)"
-)
+_ADAPTER_MARK = re.compile(r"(^|\.)(lora_|ia3_|hada_|lokr_|vera_|boft_|oft_|ranknum|lora_magnitude)")
 
 
 def _is_adapter_parameter(name: str) -> bool:
