@@ -132,6 +132,10 @@ def check_config(config, keys: list[str] | None = None) -> None:
             continue
         if not constraint.check(value):
             raise ValueError(f"`{key}`: expected {constraint.describe()}, got {value!r}.")
+    if keys is None or "encoder" in keys:
+        from recbole_perpeft.encoders import check_encoder_config
+
+        check_encoder_config(config)
     if "hidden_size" in config and "n_heads" in config:
         if config["hidden_size"] % config["n_heads"]:
             raise ValueError(
