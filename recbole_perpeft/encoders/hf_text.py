@@ -13,6 +13,7 @@ from logging import getLogger
 import torch
 import torch.nn.functional as F
 
+from recbole_perpeft.data.content import ContentBatch
 from recbole_perpeft.encoders.base import ItemEncoder, resolve_local_path
 
 logger = getLogger(__name__)
@@ -97,3 +98,35 @@ class HFTextEncoder(ItemEncoder):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         return F.normalize(pooled, dim=-1)
+
+    def layer_count(self, modality: str) -> int:
+        """Transformer blocks of the text tower (layer states run 0..this)."""
+        return int(self.backbone.config.num_hidden_layers)
+
+    def layer_states(self, batch: ContentBatch, layers: list[int]) -> dict[str, torch.Tensor]:
+        """Mean over real tokens of the hidden states of ``layers``.
+
+        Args:
+            batch (ContentBatch): items with ``input_ids`` and ``attention_mask``.
+            layers (list[int]): 0 is the embedding output, i the output of block i.
+
+        Returns:
+            dict[str, torch.Tensor]: ``{"text": [N, len(layers), hidden_dim]}``,
+            not normalised.
+        """
+        n_layers = self.layer_count("text")
+        bad = [layer for layer in layers if not 0 <= layer <= n_layers]
+        if bad or not layers:
+            raise ValueError(
+                f"`layers`: expected a non-empty list of integers in [0, {n_layers}], "
+                f"got {list(layers)}."
+            )
+        output = self.backbone(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            output_hidden_states=True,
+        )
+        hidden = torch.stack([output.hidden_states[layer] for layer in layers], dim=1)
+        mask = batch.attention_mask[:, None, :, None].to(hidden.dtype)  # [N, 1, T, 1]
+        pooled = (hidden * mask).sum(dim=2) / mask.sum(dim=2).clamp(min=1.0)
+        return {"text": pooled}  # [N, len(layers), D]
