@@ -1,9 +1,12 @@
-"""Any method of the peft library (LoRA, (IA)3, LoHa, LoKr, VeRA, ...) as a group bank.
+"""Methods of the peft library (LoRA, DoRA, rsLoRA, (IA)3, LoHa, LoKr, ...) as a group bank.
 
 Each group is one peft adapter, named ``group_<g>``, on the same frozen encoder.
 peft's per-sample ``adapter_names`` routing works only at inference, so the
 bank switches the active adapter per batch (``set_adapter``), and the trainer
 makes every training batch hold users of one group.
+
+VeRA and AdaLoRA are refused with the reason (:data:`UNSUPPORTED`): both keep
+state on peft's tuner object that n independent adapters cannot share.
 """
 
 from __future__ import annotations
@@ -24,6 +27,23 @@ def adapter_name(index: int) -> str:
     return f"group_{index}"
 
 
+# peft types that cannot be n independent, switchable adapters on one backbone.
+UNSUPPORTED = {
+    "VERA": (
+        "VeRA's frozen random projections are state shared by all adapters and kept "
+        "on peft's tuner object, which inject_adapter_in_model refuses to create; "
+        "use 'lora' with a small r, or 'lokr'/'loha'."
+    ),
+    "ADALORA": (
+        "AdaLoRA re-allocates ranks during training through its tuner's "
+        "update_and_allocate(global_step) and adds an orthogonality loss in the "
+        "tuner's forward; both live on one AdaLoraModel that allows a single "
+        "trainable adapter and counts one global step sequence, which groups that "
+        "train in turn would share. Without them it is plain LoRA; use 'lora'."
+    ),
+}
+
+
 def build_peft_config(peft_type: str, kwargs: dict, encoder: ItemEncoder):
     """peft's config object for ``peft_type`` with the paper's names translated."""
     from peft import PeftType
@@ -35,6 +55,12 @@ def build_peft_config(peft_type: str, kwargs: dict, encoder: ItemEncoder):
         raise ValueError(
             f"`peft_type`: expected 'iisan' or one of peft's types {allowed}, "
             f"got {peft_type!r}."
+        )
+    if key in UNSUPPORTED:
+        raise ValueError(
+            f"`peft_type`: expected 'iisan' or a peft type other than "
+            f"{sorted(k.lower() for k in UNSUPPORTED)}, got {peft_type!r}; "
+            f"{UNSUPPORTED[key]}"
         )
     kwargs = dict(kwargs)
     canonical_targets = _names(kwargs.get("target_modules"))
