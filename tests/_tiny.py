@@ -19,7 +19,9 @@ TINY_BERT = {
 WORDS = ["red", "blue", "green", "lamp", "chair", "bag", "golf", "tent", "eco", "mug"]
 
 
-def write_tiny_dataset(root: Path, name: str = "tiny", n_users: int = 50, n_items: int = 60, seed: int = 0) -> Path:
+def write_tiny_dataset(
+    root: Path, name: str = "tiny", n_users: int = 50, n_items: int = 60, seed: int = 0
+) -> Path:
     """Write ``<root>/<name>/<name>.inter`` and ``.item`` (with a title column).
 
     Returns:
@@ -48,7 +50,10 @@ def tiny_config_dict(tmp_path: Path, **overrides) -> dict:
     data_path = write_tiny_dataset(tmp_path / "data")
     config = {
         "data_path": str(data_path),
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title"]},
+        "load_col": {
+            "inter": ["user_id", "item_id", "timestamp"],
+            "item": ["item_id", "title"],
+        },
         "encoder": "hf_text",
         "encoder_random_init": dict(TINY_BERT),
         "modalities": ["text"],
@@ -69,7 +74,9 @@ def tiny_config_dict(tmp_path: Path, **overrides) -> dict:
     return config
 
 
-def build_tiny_perpeft(tmp_path: Path, peft_type: str, peft_config: dict | None = None, **overrides):
+def build_tiny_perpeft(
+    tmp_path: Path, peft_type: str, peft_config: dict | None = None, **overrides
+):
     """The config, train split and a PerPEFT model on the tiny dataset, built with
     the real classes (RecBole's Config and data preparation, our dataset).
 
@@ -81,7 +88,9 @@ def build_tiny_perpeft(tmp_path: Path, peft_type: str, peft_config: dict | None 
     from recbole_perpeft.model.perpeft import PerPEFT
     from recbole_perpeft.quick_start import build_config, create_data
 
-    config_dict = tiny_config_dict(tmp_path, peft_type=peft_type, peft_config=dict(peft_config or {}), **overrides)
+    config_dict = tiny_config_dict(
+        tmp_path, peft_type=peft_type, peft_config=dict(peft_config or {}), **overrides
+    )
     config = build_config("PerPEFT", "tiny", config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     _, train_data, _, _ = create_data(config)

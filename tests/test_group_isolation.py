@@ -15,7 +15,12 @@ from recbole_perpeft.trainer import PerPEFTTrainer
 def _group_tensors(model, group: int) -> dict[str, torch.Tensor]:
     """Group ``group``'s bank and projector tensors, by name."""
     tensors = {f"bank.{k}": v for k, v in model.bank.module_state_dict(group).items()}
-    tensors.update({f"projector.{k}": v for k, v in model.projectors[group].state_dict(keep_vars=True).items()})
+    tensors.update(
+        {
+            f"projector.{k}": v
+            for k, v in model.projectors[group].state_dict(keep_vars=True).items()
+        }
+    )
     return tensors
 
 
@@ -25,7 +30,9 @@ def _snapshot(model, optimizer, group: int) -> tuple[dict, dict]:
     states = {}
     for name, tensor in tensors.items():
         state = optimizer.state.get(tensor, {})
-        states[name] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+        states[name] = {
+            k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()
+        }
     return values, states
 
 
@@ -37,9 +44,13 @@ def _batch_of(loader: UserSequenceLoader, group: int):
 
 
 @pytest.mark.parametrize("peft_type", ["lora", "ia3", "iisan"])
-def test_step_on_one_group_leaves_the_others_untouched(tmp_path, peft_type: str) -> None:
+def test_step_on_one_group_leaves_the_others_untouched(
+    tmp_path, peft_type: str
+) -> None:
     config, train_data, model = build_tiny_perpeft(
-        tmp_path, peft_type, {"bottleneck": 8, "side_dim": 16} if peft_type == "iisan" else {}
+        tmp_path,
+        peft_type,
+        {"bottleneck": 8, "side_dim": 16} if peft_type == "iisan" else {},
     )
     n_groups = config["n_groups"]
     model.copy_global_to_groups()
@@ -61,12 +72,22 @@ def test_step_on_one_group_leaves_the_others_untouched(tmp_path, peft_type: str)
             values, states = _snapshot(model, optimizer, other)
             old_values, old_states = before[other]
             if other == group:
-                changed = [k for k in values if not torch.equal(values[k], old_values[k])]
-                assert any(k.startswith("bank.") for k in changed), f"{peft_type}: group {group}'s module did not train"
+                changed = [
+                    k for k in values if not torch.equal(values[k], old_values[k])
+                ]
+                assert any(
+                    k.startswith("bank.") for k in changed
+                ), f"{peft_type}: group {group}'s module did not train"
                 assert any(k.startswith("projector.") for k in changed)
                 continue
             for name, value in values.items():
-                assert torch.equal(value, old_values[name]), f"{peft_type}: step on {group} changed {other}'s {name}"
-                assert states[name].keys() == old_states[name].keys(), f"optimiser state of {other}'s {name}"
+                assert torch.equal(
+                    value, old_values[name]
+                ), f"{peft_type}: step on {group} changed {other}'s {name}"
+                assert (
+                    states[name].keys() == old_states[name].keys()
+                ), f"optimiser state of {other}'s {name}"
                 for key, state in states[name].items():
-                    assert torch.equal(torch.as_tensor(state), torch.as_tensor(old_states[name][key]))
+                    assert torch.equal(
+                        torch.as_tensor(state), torch.as_tensor(old_states[name][key])
+                    )

@@ -41,25 +41,40 @@ def _content(encoder, titles: list[str]) -> ItemContent:
 
 def _build(folder, encoder, content, layers=(0, 2), dtype="float16"):
     return LayerStateCache.build_or_load(
-        str(folder), encoder, {"random_init": TINY_BERT}, list(layers), content, dtype=dtype, batch_size=4
+        str(folder),
+        encoder,
+        {"random_init": TINY_BERT},
+        list(layers),
+        content,
+        dtype=dtype,
+        batch_size=4,
     )
 
 
 TITLES = ["", "red lamp", "blue golf bag", "eco tent", "green mug", "travel chair"]
 
 
-def test_cache_reused_when_inputs_unchanged_and_rebuilt_when_they_change(tmp_path) -> None:
+def test_cache_reused_when_inputs_unchanged_and_rebuilt_when_they_change(
+    tmp_path,
+) -> None:
     encoder = _encoder()
     content = _content(encoder, TITLES)
     CountingEncoder.calls = 0
     first = _build(tmp_path, encoder, content)
     assert first.rebuilt and CountingEncoder.calls == 2  # 6 items in batches of 4
-    assert isinstance(first.states["text"], np.memmap) and first.states["text"].shape == (6, 2, 32)
+    assert isinstance(first.states["text"], np.memmap) and first.states[
+        "text"
+    ].shape == (6, 2, 32)
     assert first.states["text"].dtype == np.float16
-    assert sorted(os.listdir(tmp_path)) == ["meta.json", "text.npy"]  # no temporary left
+    assert sorted(os.listdir(tmp_path)) == [
+        "meta.json",
+        "text.npy",
+    ]  # no temporary left
 
     CountingEncoder.calls = 0
-    again = _build(tmp_path, _encoder(), _content(encoder, TITLES))  # same seed: same weights
+    again = _build(
+        tmp_path, _encoder(), _content(encoder, TITLES)
+    )  # same seed: same weights
     assert not again.rebuilt and CountingEncoder.calls == 0
     np.testing.assert_array_equal(again.states["text"], first.states["text"])
 
@@ -76,15 +91,21 @@ def test_cache_reused_when_inputs_unchanged_and_rebuilt_when_they_change(tmp_pat
     # the states match a direct call of the encoder
     cache = _build(tmp_path, encoder, content, dtype="float32")
     with torch.no_grad():
-        direct = encoder.eval().layer_states(content.gather(torch.arange(6)), [0, 2])["text"]
-    np.testing.assert_allclose(cache.states["text"], direct.numpy(), rtol=1e-5, atol=1e-6)
+        direct = encoder.eval().layer_states(content.gather(torch.arange(6)), [0, 2])[
+            "text"
+        ]
+    np.testing.assert_allclose(
+        cache.states["text"], direct.numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_a_broken_cache_is_rebuilt(tmp_path) -> None:
     encoder = _encoder()
     content = _content(encoder, TITLES)
     _build(tmp_path, encoder, content)
-    np.save(tmp_path / "text.npy", np.zeros((3, 2, 32), dtype=np.float16))  # wrong shape
+    np.save(
+        tmp_path / "text.npy", np.zeros((3, 2, 32), dtype=np.float16)
+    )  # wrong shape
     assert _build(tmp_path, encoder, content).rebuilt
 
 
@@ -98,13 +119,19 @@ def test_resolve_layers() -> None:
             resolve_layers(bad, 6)
 
 
-def test_model_reuses_cache_and_trains_without_the_encoder(tmp_path, monkeypatch, caplog) -> None:
-    monkeypatch.setattr("recbole_perpeft.encoders.hf_text.HFTextEncoder", CountingEncoder)
+def test_model_reuses_cache_and_trains_without_the_encoder(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    monkeypatch.setattr(
+        "recbole_perpeft.encoders.hf_text.HFTextEncoder", CountingEncoder
+    )
     CountingEncoder.calls = 0
     config, train_data, model = build_tiny_perpeft(tmp_path, "iisan", SMALL)
     assert model.bank.cache.rebuilt and CountingEncoder.calls > 0
     folder = model.bank.cache_folder
-    assert folder == os.path.join(config["checkpoint_dir"], "content_cache", "tiny-iisan")
+    assert folder == os.path.join(
+        config["checkpoint_dir"], "content_cache", "tiny-iisan"
+    )
 
     CountingEncoder.calls = 0
     _, _, model = build_tiny_perpeft(tmp_path, "iisan", SMALL)
@@ -129,7 +156,9 @@ def test_model_reuses_cache_and_trains_without_the_encoder(tmp_path, monkeypatch
 
     # group modules: keys without the index; all of them in the checkpoint, no encoder
     keys = set(model.bank.module_state_dict(0))
-    assert keys == set(model.bank.module_state_dict(1)) and not any("1" in k.split(".")[0] for k in keys)
+    assert keys == set(model.bank.module_state_dict(1)) and not any(
+        "1" in k.split(".")[0] for k in keys
+    )
     state = model.state_dict()
     assert not any(k.startswith("encoder.") for k in state)
     assert {k.split(".")[2] for k in state if k.startswith("bank.")} == {"0", "1"}
@@ -144,7 +173,9 @@ def test_model_reuses_cache_and_trains_without_the_encoder(tmp_path, monkeypatch
     assert model.bank.module_parameter_count(0) == 2 * per_layer + 1
     assert model.bank.modality_dims == {"text": 16}
     assert model.projectors[0][0].in_features == 16
-    assert model.foundation_parameters == sum(p.numel() for p in model.encoder.parameters())
+    assert model.foundation_parameters == sum(
+        p.numel() for p in model.encoder.parameters()
+    )
     from recbole_perpeft.trainer import PerPEFTTrainer
 
     trainer = PerPEFTTrainer(config, model)

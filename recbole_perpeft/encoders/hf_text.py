@@ -65,15 +65,23 @@ class HFTextEncoder(ItemEncoder):
         source = packaged_minilm_path() if path is None else path
         local = resolve_local_path(source)
         name = local or source
-        self.tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=bool(local))
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            name, local_files_only=bool(local)
+        )
         if random_init is not None:
-            model_config = AutoConfig.from_pretrained(name, local_files_only=bool(local))
+            model_config = AutoConfig.from_pretrained(
+                name, local_files_only=bool(local)
+            )
             for key, value in random_init.items():
                 setattr(model_config, key, value)
             self.backbone = AutoModel.from_config(model_config)
-            logger.info(f"hf_text encoder: RANDOMLY INITIALISED {model_config.model_type} {random_init}")
+            logger.info(
+                f"hf_text encoder: RANDOMLY INITIALISED {model_config.model_type} {random_init}"
+            )
         else:
-            self.backbone = AutoModel.from_pretrained(name, local_files_only=bool(local))
+            self.backbone = AutoModel.from_pretrained(
+                name, local_files_only=bool(local)
+            )
             logger.info(f"hf_text encoder: pretrained weights from {name}")
         self.hidden_dim = self.backbone.config.hidden_size
         self.pad_token_id = self.tokenizer.pad_token_id or 0
@@ -82,7 +90,9 @@ class HFTextEncoder(ItemEncoder):
     def modality_dims(self) -> dict[str, int]:
         return {"text": self.hidden_dim}
 
-    def tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokenize(
+        self, texts: list[str], max_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         encoded = self.tokenizer(
             texts,
             padding="longest",
@@ -92,7 +102,9 @@ class HFTextEncoder(ItemEncoder):
         )
         return encoded["input_ids"], encoded["attention_mask"].sum(dim=1)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         hidden = hidden.last_hidden_state  # [N, T, D]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -103,7 +115,9 @@ class HFTextEncoder(ItemEncoder):
         """Transformer blocks of the text tower (layer states run 0..this)."""
         return int(self.backbone.config.num_hidden_layers)
 
-    def layer_states(self, batch: ContentBatch, layers: list[int]) -> dict[str, torch.Tensor]:
+    def layer_states(
+        self, batch: ContentBatch, layers: list[int]
+    ) -> dict[str, torch.Tensor]:
         """Mean over real tokens of the hidden states of ``layers``.
 
         Args:

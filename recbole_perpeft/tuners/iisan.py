@@ -62,15 +62,21 @@ def resolve_layers(layers, n_layers: int) -> list[int]:
         return sorted(set(range(0, n_layers + 1, 2)) | {n_layers})
     if layers == "all":
         return list(range(n_layers + 1))
-    allowed = f"'all', None or a non-empty list of integers in [{-n_layers - 1}, {n_layers}]"
+    allowed = (
+        f"'all', None or a non-empty list of integers in [{-n_layers - 1}, {n_layers}]"
+    )
     if isinstance(layers, (str, int)) or not layers:
         raise ValueError(f"`peft_config.layers`: expected {allowed}, got {layers!r}.")
     resolved = set()
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, int):
-            raise ValueError(f"`peft_config.layers`: expected {allowed}, got {layers!r}.")
+            raise ValueError(
+                f"`peft_config.layers`: expected {allowed}, got {layers!r}."
+            )
         if not -n_layers - 1 <= layer <= n_layers:
-            raise ValueError(f"`peft_config.layers`: expected {allowed}, got {layers!r}.")
+            raise ValueError(
+                f"`peft_config.layers`: expected {allowed}, got {layers!r}."
+            )
         resolved.add(layer % (n_layers + 1))
     return sorted(resolved)
 
@@ -94,7 +100,11 @@ def content_checksum(content) -> dict:
         digest.update(content.input_ids.cpu().numpy().astype(np.int64).tobytes())
         digest.update(content.text_lengths.cpu().numpy().astype(np.int64).tobytes())
     image = content.image_store.fingerprint if content.image_store is not None else None
-    return {"n_items": int(content.n_items), "tokens": digest.hexdigest(), "images": image}
+    return {
+        "n_items": int(content.n_items),
+        "tokens": digest.hexdigest(),
+        "images": image,
+    }
 
 
 class LayerStateCache:
@@ -111,13 +121,17 @@ class LayerStateCache:
         rebuilt (bool): whether this call computed the states.
     """
 
-    def __init__(self, folder: str, states: dict[str, np.ndarray], rebuilt: bool) -> None:
+    def __init__(
+        self, folder: str, states: dict[str, np.ndarray], rebuilt: bool
+    ) -> None:
         self.folder = folder
         self.states = states
         self.rebuilt = rebuilt
 
     @staticmethod
-    def fingerprint(encoder: ItemEncoder, encoder_id: dict, layers: list[int], content, dtype: str) -> dict:
+    def fingerprint(
+        encoder: ItemEncoder, encoder_id: dict, layers: list[int], content, dtype: str
+    ) -> dict:
         """The JSON-able description of every input the states depend on."""
         return {
             "format": CACHE_FORMAT,
@@ -180,11 +194,17 @@ class LayerStateCache:
         if os.path.exists(meta_path):
             os.remove(meta_path)
         start = time.perf_counter()
-        cls._build(folder, encoder, layers, content, dtype, batch_size, device, show_progress)
+        cls._build(
+            folder, encoder, layers, content, dtype, batch_size, device, show_progress
+        )
         seconds = time.perf_counter() - start
         tmp_meta = f"{meta_path}.tmp-{os.getpid()}"
         with open(tmp_meta, "w", encoding="utf-8") as f:
-            json.dump({"fingerprint": fingerprint, "build_seconds": round(seconds, 3)}, f, indent=1)
+            json.dump(
+                {"fingerprint": fingerprint, "build_seconds": round(seconds, 3)},
+                f,
+                indent=1,
+            )
         os.replace(tmp_meta, meta_path)
         logger.info(
             f"IISAN layer states: built {folder} for {content.n_items} items, layers "
@@ -194,7 +214,9 @@ class LayerStateCache:
         return cls(folder, states, rebuilt=True)
 
     @staticmethod
-    def _open(folder: str, modalities: list[str], n_items: int, n_layers: int) -> dict[str, np.ndarray] | None:
+    def _open(
+        folder: str, modalities: list[str], n_items: int, n_layers: int
+    ) -> dict[str, np.ndarray] | None:
         states = {}
         for modality in modalities:
             path = os.path.join(folder, f"{modality}.npy")
@@ -209,7 +231,9 @@ class LayerStateCache:
 
     @staticmethod
     @torch.no_grad()
-    def _build(folder, encoder, layers, content, dtype, batch_size, device, show_progress) -> None:
+    def _build(
+        folder, encoder, layers, content, dtype, batch_size, device, show_progress
+    ) -> None:
         was_training = encoder.training
         encoder.eval()
         chunks = torch.arange(content.n_items).split(batch_size)
@@ -254,18 +278,29 @@ class GatedSideStream(nn.Module):
         activation (str): one of ``ACTIVATIONS``.
     """
 
-    def __init__(self, in_dim: int, n_layers: int, bottleneck: int, side_dim: int, activation: str) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        n_layers: int,
+        bottleneck: int,
+        side_dim: int,
+        activation: str,
+    ) -> None:
         super().__init__()
         self.adapters = nn.ModuleList(
             nn.Sequential(
-                nn.Linear(in_dim, bottleneck), ACTIVATIONS[activation](), nn.Linear(bottleneck, side_dim)
+                nn.Linear(in_dim, bottleneck),
+                ACTIVATIONS[activation](),
+                nn.Linear(bottleneck, side_dim),
             )
             for _ in range(n_layers)
         )
         # One logit per layer after the first; sigmoid(0) = 0.5 mixes evenly.
         self.gate_logits = nn.Parameter(torch.zeros(max(n_layers - 1, 0)))
 
-    def step(self, layer: int, inputs: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+    def step(
+        self, layer: int, inputs: torch.Tensor, state: torch.Tensor | None
+    ) -> torch.Tensor:
         """The side state after layer ``layer`` given its input [N, in_dim]."""
         update = self.adapters[layer](inputs)
         if state is None:
@@ -289,10 +324,15 @@ class IISANModule(nn.Module):
         super().__init__()
         self.modalities = list(in_dims)
         self.intra = nn.ModuleDict(
-            {m: GatedSideStream(d, n_layers, bottleneck, side_dim, activation) for m, d in in_dims.items()}
+            {
+                m: GatedSideStream(d, n_layers, bottleneck, side_dim, activation)
+                for m, d in in_dims.items()
+            }
         )
         self.inter = (
-            GatedSideStream(side_dim * len(in_dims), n_layers, bottleneck, side_dim, activation)
+            GatedSideStream(
+                side_dim * len(in_dims), n_layers, bottleneck, side_dim, activation
+            )
             if len(in_dims) > 1
             else None
         )
@@ -352,7 +392,9 @@ class IISANBank(GroupModuleBank):
             )
         for key, value in (("bottleneck", bottleneck), ("side_dim", side_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`peft_config.{key}`: expected an integer >= 1, got {value!r}.")
+                raise ValueError(
+                    f"`peft_config.{key}`: expected an integer >= 1, got {value!r}."
+                )
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"`peft_config.activation`: expected one of {list(ACTIVATIONS)}, got {activation!r}."
@@ -367,13 +409,16 @@ class IISANBank(GroupModuleBank):
         for parameter in encoder.parameters():
             parameter.requires_grad_(False)
         # One selection for every tower (CLIP's towers have equal depth in practice).
-        self.layers = resolve_layers(layers, min(encoder.layer_count(m) for m in encoder.modalities))
+        self.layers = resolve_layers(
+            layers, min(encoder.layer_count(m) for m in encoder.modalities)
+        )
         self.bottleneck = bottleneck
         self.side_dim = side_dim
         self.activation = activation
         self.cache_dtype = cache_dtype
         self.cache_folder = os.path.join(
-            config["content_cache_dir"] or os.path.join(config["checkpoint_dir"], "content_cache"),
+            config["content_cache_dir"]
+            or os.path.join(config["checkpoint_dir"], "content_cache"),
             f"{config['dataset']}-iisan",
         )
         self.encoder_id = {
@@ -414,13 +459,21 @@ class IISANBank(GroupModuleBank):
             in_dims = {m: int(a.shape[-1]) for m, a in self.cache.states.items()}
             for _ in range(self.n_modules):
                 self.modules_.append(
-                    IISANModule(in_dims, len(self.layers), self.bottleneck, self.side_dim, self.activation)
+                    IISANModule(
+                        in_dims,
+                        len(self.layers),
+                        self.bottleneck,
+                        self.side_dim,
+                        self.activation,
+                    )
                 )
             self.activate(self.active)
 
     def _check_prepared(self) -> None:
         if self._states is None:
-            raise RuntimeError("IISANBank.prepare(content) must run before the bank is used")
+            raise RuntimeError(
+                "IISANBank.prepare(content) must run before the bank is used"
+            )
 
     # ---- GroupModuleBank ----------------------------------------------------
     def activate(self, index: int) -> None:
@@ -439,14 +492,18 @@ class IISANBank(GroupModuleBank):
         self._check_prepared()
         return dict(self.modules_[index].state_dict(keep_vars=True))
 
-    def load_module_state_dict(self, index: int, state: dict[str, torch.Tensor]) -> None:
+    def load_module_state_dict(
+        self, index: int, state: dict[str, torch.Tensor]
+    ) -> None:
         self.check_index(index)
         self._check_prepared()
         own = self.module_state_dict(index)
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
-            raise KeyError(f"module {index}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            raise KeyError(
+                f"module {index}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
         with torch.no_grad():
             for key, tensor in own.items():
                 tensor.copy_(state[key])
@@ -455,7 +512,9 @@ class IISANBank(GroupModuleBank):
     def modality_dims(self) -> dict[str, int]:
         return {m: self.side_dim for m in self.encoder.modalities}
 
-    def embed(self, item_ids: torch.Tensor, content, device: torch.device) -> dict[str, torch.Tensor]:
+    def embed(
+        self, item_ids: torch.Tensor, content, device: torch.device
+    ) -> dict[str, torch.Tensor]:
         """Side-network outputs of the active group for ``item_ids``; reads the cache only."""
         if self._states is None:
             self.prepare(content)

@@ -78,7 +78,9 @@ def build_peft_config(peft_type: str, kwargs: dict, encoder: ItemEncoder):
     try:
         return config_class(**kwargs)
     except TypeError as error:
-        raise ValueError(f"`peft_config`: {error} (peft_type {peft_type!r}).") from error
+        raise ValueError(
+            f"`peft_config`: {error} (peft_type {peft_type!r})."
+        ) from error
 
 
 def _names(value) -> list[str]:
@@ -149,7 +151,9 @@ class PeftLibraryBank(GroupModuleBank):
     def module_state_dict(self, index: int) -> dict[str, torch.Tensor]:
         return {key: tensor for key, _, tensor in self._module_items(index)}
 
-    def load_module_state_dict(self, index: int, state: dict[str, torch.Tensor]) -> None:
+    def load_module_state_dict(
+        self, index: int, state: dict[str, torch.Tensor]
+    ) -> None:
         own = {key: tensor for key, _, tensor in self._module_items(index)}
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
@@ -165,5 +169,7 @@ class PeftLibraryBank(GroupModuleBank):
     def modality_dims(self) -> dict[str, int]:
         return self.encoder.modality_dims
 
-    def embed(self, item_ids: torch.Tensor, content, device: torch.device) -> dict[str, torch.Tensor]:
+    def embed(
+        self, item_ids: torch.Tensor, content, device: torch.device
+    ) -> dict[str, torch.Tensor]:
         return self.encoder(content.gather(item_ids).to(device))
