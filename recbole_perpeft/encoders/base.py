@@ -62,6 +62,10 @@ class ItemEncoder(nn.Module):
         """Image embeddings [N, D_image] of uint8 pixels [N, 3, S, S]."""
         raise NotImplementedError
 
+    def layer_count(self, modality: str) -> int:
+        """Blocks of ``modality``'s tower; :meth:`layer_states` accepts 0..this."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose layer states")
+
     def layer_states(self, batch: ContentBatch, layers: list[int]) -> dict[str, torch.Tensor]:
         """Pooled hidden states of the given layers, ``{modality: [N, len(layers), D_m]}``.
 

@@ -13,6 +13,7 @@ from logging import getLogger
 import torch
 import torch.nn.functional as F
 
+from recbole_perpeft.data.content import ContentBatch
 from recbole_perpeft.encoders.base import ItemEncoder, resolve_local_path
 
 logger = getLogger(__name__)
@@ -64,15 +65,23 @@ class HFTextEncoder(ItemEncoder):
         source = packaged_minilm_path() if path is None else path
         local = resolve_local_path(source)
         name = local or source
-        self.tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=bool(local))
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            name, local_files_only=bool(local)
+        )
         if random_init is not None:
-            model_config = AutoConfig.from_pretrained(name, local_files_only=bool(local))
+            model_config = AutoConfig.from_pretrained(
+                name, local_files_only=bool(local)
+            )
             for key, value in random_init.items():
                 setattr(model_config, key, value)
             self.backbone = AutoModel.from_config(model_config)
-            logger.info(f"hf_text encoder: RANDOMLY INITIALISED {model_config.model_type} {random_init}")
+            logger.info(
+                f"hf_text encoder: RANDOMLY INITIALISED {model_config.model_type} {random_init}"
+            )
         else:
-            self.backbone = AutoModel.from_pretrained(name, local_files_only=bool(local))
+            self.backbone = AutoModel.from_pretrained(
+                name, local_files_only=bool(local)
+            )
             logger.info(f"hf_text encoder: pretrained weights from {name}")
         self.hidden_dim = self.backbone.config.hidden_size
         self.pad_token_id = self.tokenizer.pad_token_id or 0
@@ -81,7 +90,9 @@ class HFTextEncoder(ItemEncoder):
     def modality_dims(self) -> dict[str, int]:
         return {"text": self.hidden_dim}
 
-    def tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokenize(
+        self, texts: list[str], max_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         encoded = self.tokenizer(
             texts,
             padding="longest",
@@ -91,9 +102,45 @@ class HFTextEncoder(ItemEncoder):
         )
         return encoded["input_ids"], encoded["attention_mask"].sum(dim=1)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         hidden = hidden.last_hidden_state  # [N, T, D]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         return F.normalize(pooled, dim=-1)
+
+    def layer_count(self, modality: str) -> int:
+        """Transformer blocks of the text tower (layer states run 0..this)."""
+        return int(self.backbone.config.num_hidden_layers)
+
+    def layer_states(
+        self, batch: ContentBatch, layers: list[int]
+    ) -> dict[str, torch.Tensor]:
+        """Mean over real tokens of the hidden states of ``layers``.
+
+        Args:
+            batch (ContentBatch): items with ``input_ids`` and ``attention_mask``.
+            layers (list[int]): 0 is the embedding output, i the output of block i.
+
+        Returns:
+            dict[str, torch.Tensor]: ``{"text": [N, len(layers), hidden_dim]}``,
+            not normalised.
+        """
+        n_layers = self.layer_count("text")
+        bad = [layer for layer in layers if not 0 <= layer <= n_layers]
+        if bad or not layers:
+            raise ValueError(
+                f"`layers`: expected a non-empty list of integers in [0, {n_layers}], "
+                f"got {list(layers)}."
+            )
+        output = self.backbone(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            output_hidden_states=True,
+        )
+        hidden = torch.stack([output.hidden_states[layer] for layer in layers], dim=1)
+        mask = batch.attention_mask[:, None, :, None].to(hidden.dtype)  # [N, 1, T, 1]
+        pooled = (hidden * mask).sum(dim=2) / mask.sum(dim=2).clamp(min=1.0)
+        return {"text": pooled}  # [N, len(layers), D]

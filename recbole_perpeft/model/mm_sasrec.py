@@ -80,12 +80,15 @@ class MultimodalSASRec(SequentialRecommender):
         encoder = build_encoder(config)
         self.content = self._build_content(config, dataset, encoder)
         self.bank = self.build_bank(config, encoder)
+        if self.bank is not None:
+            self.bank.prepare(self.content)
         self.encoder = encoder
         self.foundation_parameters = encoder.count_parameters()
-        dims = encoder.modality_dims
+        # a side network (IISAN) may output other widths than the encoder
+        dims = self.bank.modality_dims if self.bank is not None else encoder.modality_dims
         self.modalities = encoder.modalities
         self.projectors = nn.ModuleList(
-            Projector(encoder.output_dim, self.hidden_size)
+            Projector(sum(dims[m] for m in self.modalities), self.hidden_size)
             for _ in range(self.n_modules(config, dataset))
         )
         self.projectors.apply(self._init_weights)

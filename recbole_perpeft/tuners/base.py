@@ -24,6 +24,12 @@ class GroupModuleBank(nn.Module, ABC):
         self.n_modules = n_modules
         self.active = 0
 
+    def prepare(self, content) -> None:
+        """Called once by the model, right after the bank is built, with the
+        catalogue's content store (:class:`ItemContent`). Banks that precompute
+        something over the catalogue (IISAN's layer-state cache) do it here; the
+        default does nothing."""
+
     @abstractmethod
     def activate(self, index: int) -> None:
         """Make module ``index`` the one the encoder runs with."""

@@ -1,9 +1,12 @@
-"""Any method of the peft library (LoRA, (IA)3, LoHa, LoKr, VeRA, ...) as a group bank.
+"""Methods of the peft library (LoRA, DoRA, rsLoRA, (IA)3, LoHa, LoKr, ...) as a group bank.
 
 Each group is one peft adapter, named ``group_<g>``, on the same frozen encoder.
 peft's per-sample ``adapter_names`` routing works only at inference, so the
 bank switches the active adapter per batch (``set_adapter``), and the trainer
 makes every training batch hold users of one group.
+
+VeRA and AdaLoRA are refused with the reason (:data:`UNSUPPORTED`): both keep
+state on peft's tuner object that n independent adapters cannot share.
 """
 
 from __future__ import annotations
@@ -25,6 +28,23 @@ def adapter_name(index: int) -> str:
     return f"group_{index}"
 
 
+# peft types that cannot be n independent, switchable adapters on one backbone.
+UNSUPPORTED = {
+    "VERA": (
+        "VeRA's frozen random projections are state shared by all adapters and kept "
+        "on peft's tuner object, which inject_adapter_in_model refuses to create; "
+        "use 'lora' with a small r, or 'lokr'/'loha'."
+    ),
+    "ADALORA": (
+        "AdaLoRA re-allocates ranks during training through its tuner's "
+        "update_and_allocate(global_step) and adds an orthogonality loss in the "
+        "tuner's forward; both live on one AdaLoraModel that allows a single "
+        "trainable adapter and counts one global step sequence, which groups that "
+        "train in turn would share. Without them it is plain LoRA; use 'lora'."
+    ),
+}
+
+
 def build_peft_config(peft_type: str, kwargs: dict, encoder: ItemEncoder):
     """peft's config object for ``peft_type`` with the paper's names translated."""
     from peft import PeftType
@@ -36,6 +56,12 @@ def build_peft_config(peft_type: str, kwargs: dict, encoder: ItemEncoder):
         raise ValueError(
             f"`peft_type`: expected 'iisan' or one of peft's types {allowed}, "
             f"got {peft_type!r}."
+        )
+    if key in UNSUPPORTED:
+        raise ValueError(
+            f"`peft_type`: expected 'iisan' or a peft type other than "
+            f"{sorted(k.lower() for k in UNSUPPORTED)}, got {peft_type!r}; "
+            f"{UNSUPPORTED[key]}"
         )
     kwargs = dict(kwargs)
     canonical_targets = _names(kwargs.get("target_modules"))
@@ -53,7 +79,9 @@ def build_peft_config(peft_type: str, kwargs: dict, encoder: ItemEncoder):
     try:
         return config_class(**kwargs)
     except TypeError as error:
-        raise ValueError(f"`peft_config`: {error} (peft_type {peft_type!r}).") from error
+        raise ValueError(
+            f"`peft_config`: {error} (peft_type {peft_type!r})."
+        ) from error
 
 
 def _names(value) -> list[str]:
@@ -127,7 +155,9 @@ class PeftLibraryBank(GroupModuleBank):
     def module_state_dict(self, index: int) -> dict[str, torch.Tensor]:
         return {key: tensor for key, _, tensor in self._module_items(index)}
 
-    def load_module_state_dict(self, index: int, state: dict[str, torch.Tensor]) -> None:
+    def load_module_state_dict(
+        self, index: int, state: dict[str, torch.Tensor]
+    ) -> None:
         own = {key: tensor for key, _, tensor in self._module_items(index)}
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
@@ -143,5 +173,7 @@ class PeftLibraryBank(GroupModuleBank):
     def modality_dims(self) -> dict[str, int]:
         return self.encoder.modality_dims
 
-    def embed(self, item_ids: torch.Tensor, content, device: torch.device) -> dict[str, torch.Tensor]:
+    def embed(
+        self, item_ids: torch.Tensor, content, device: torch.device
+    ) -> dict[str, torch.Tensor]:
         return self.encoder(content.gather(item_ids).to(device))
