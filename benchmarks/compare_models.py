@@ -45,13 +45,15 @@ def main() -> None:
     parser.add_argument("--config_files", nargs="*", default=[])
     parser.add_argument("--set", nargs="*", default=[], help="key=value overrides (YAML values)")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default="", help="suffix of the CSV file name")
     args = parser.parse_args()
 
     import yaml
 
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"compare_{args.dataset}.csv")
+    suffix = f"_{args.tag}" if args.tag else ""
+    path = os.path.join(args.out, f"compare_{args.dataset}{suffix}.csv")
     rows = []
     for model in args.models:
         for seed in args.seeds:
