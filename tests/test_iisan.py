@@ -159,10 +159,15 @@ def test_model_reuses_cache_and_trains_without_the_encoder(
     assert keys == set(model.bank.module_state_dict(1)) and not any(
         "1" in k.split(".")[0] for k in keys
     )
+    # a randomly initialised encoder is saved, since it cannot be re-read ...
+    assert any(k.startswith("encoder.") for k in model.state_dict())
+    # ... a pretrained one is not, and IISAN keeps nothing of its own in it
+    model.save_foundation = False
     state = model.state_dict()
     assert not any(k.startswith("encoder.") for k in state)
     assert {k.split(".")[2] for k in state if k.startswith("bank.")} == {"0", "1"}
     _, _, fresh = build_tiny_perpeft(tmp_path, "iisan", SMALL)
+    fresh.save_foundation = False
     fresh.load_state_dict(state)
     for k, v in fresh.bank.module_state_dict(1).items():
         assert torch.equal(v, model.bank.module_state_dict(1)[k])
