@@ -1,9 +1,12 @@
 """Test NDCG@20 / Hit@20 of SASRec, FrozenMM, GlobalPEFT and PerPEFT over seeds.
 
-Every model runs through ``run_recbole_perpeft`` on the same dataset, split and
-metrics. Writes ``<out>/compare_<dataset>.csv`` (one row per run) and prints a
-markdown table of mean +- standard deviation over seeds, with each run's wall
-time and the machine and package versions.
+Every model runs through the same code as ``run_recbole_perpeft`` on the same
+dataset, split and metrics. Writes ``<out>/compare_<dataset>[_<tag>].csv`` (one
+row per run) and prints a markdown table of mean +- standard deviation over
+seeds, with each run's wall time, for our models the mean training and
+validation epoch time of the last stage and the trainable parameters of all
+group modules as a percentage of the encoder's, and the machine and package
+versions.
 
     python benchmarks/compare_models.py --dataset ml-100k --seeds 1 2 3 \\
         --config_files properties/quick_start_config/default_run.yaml
@@ -18,7 +21,7 @@ import platform
 import statistics
 import time
 
-from recbole_perpeft.quick_start import run_recbole_perpeft
+from recbole_perpeft.quick_start import build_config, train_and_test
 
 MODELS = ["SASRec", "FrozenMM", "GlobalPEFT", "PerPEFT"]
 
@@ -37,6 +40,29 @@ def versions() -> str:
     )
 
 
+def stage_times(trainer) -> tuple[float | None, float | None]:
+    """Mean training and validation epoch seconds of the trainer's last stage."""
+    timings = getattr(trainer, "timings", None)
+    if not timings:
+        return None, None
+    last = timings[list(timings)[-1]]
+    train = statistics.mean(last["train"]) if last["train"] else None
+    valid = statistics.mean(last["valid"]) if last["valid"] else None
+    return train, valid
+
+
+def trainable_percent(model) -> float | None:
+    """Trainable parameters of all group modules, in % of the encoder's."""
+    if not hasattr(model, "module_parameter_counts"):
+        return None
+    per_module = sum(model.module_parameter_counts())
+    return 100 * len(model.projectors) * per_module / max(model.foundation_parameters, 1)
+
+
+def _rounded(value: float | None, digits: int) -> float | str:
+    return "" if value is None else round(value, digits)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="ml-100k")
@@ -45,7 +71,9 @@ def main() -> None:
     parser.add_argument("--config_files", nargs="*", default=[])
     parser.add_argument("--set", nargs="*", default=[], help="key=value overrides (YAML values)")
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--tag", default="", help="suffix of the CSV file name")
+    parser.add_argument(
+        "--tag", default="", help="names the variant: suffix of the CSV file and of the table's model"
+    )
     args = parser.parse_args()
 
     import yaml
@@ -57,11 +85,13 @@ def main() -> None:
     rows = []
     for model in args.models:
         for seed in args.seeds:
-            config = {"seed": seed, "show_progress": False, **overrides}
+            config_dict = {"seed": seed, "show_progress": False, **overrides}
             start = time.time()
-            result = run_recbole_perpeft(model, args.dataset, args.config_files, config)
+            config = build_config(model, args.dataset, args.config_files, config_dict)
+            result, trainer = train_and_test(config)
             wall = time.time() - start
             test = result["test_result"]
+            train_s, valid_s = stage_times(trainer)
             rows.append(
                 {
                     "model": model,
@@ -70,6 +100,9 @@ def main() -> None:
                     "hit@20": float(test["hit@20"]),
                     "valid_ndcg@20": float(result["best_valid_score"]),
                     "wall_s": round(wall, 1),
+                    "train_epoch_s": _rounded(train_s, 1),
+                    "valid_epoch_s": _rounded(valid_s, 1),
+                    "trainable_pct": _rounded(trainable_percent(trainer.model), 3),
                 }
             )
             with open(path, "w", newline="") as handle:
@@ -78,8 +111,11 @@ def main() -> None:
                 writer.writerows(rows)
 
     print(f"\n{args.dataset}, seeds {args.seeds}; {versions()}\n")
-    print("| model | test NDCG@20 (x100) | test Hit@20 (x100) | wall time per run (s) |")
-    print("|---|---|---|---|")
+    print(
+        "| model | test NDCG@20 (x100) | test Hit@20 (x100) | wall time per run (s) "
+        "| train epoch (s) | valid epoch (s) | trainable % |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for model in args.models:
         runs = [r for r in rows if r["model"] == model]
 
@@ -88,8 +124,15 @@ def main() -> None:
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             return f"{statistics.mean(values):.2f} ± {spread:.2f}"
 
-        wall = statistics.mean(r["wall_s"] for r in runs)
-        print(f"| {model} | {fmt('ndcg@20')} | {fmt('hit@20')} | {wall:.0f} |")
+        def mean_of(key: str, digits: int) -> str:
+            values = [r[key] for r in runs if r[key] != ""]
+            return f"{statistics.mean(values):.{digits}f}" if values else "-"
+
+        print(
+            f"| {model}{args.tag and f' ({args.tag})'} | {fmt('ndcg@20')} | {fmt('hit@20')} "
+            f"| {mean_of('wall_s', 0)} | {mean_of('train_epoch_s', 1)} "
+            f"| {mean_of('valid_epoch_s', 1)} | {mean_of('trainable_pct', 2)} |"
+        )
     print(f"\nper-run rows: {path}")
 
 

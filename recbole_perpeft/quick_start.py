@@ -110,6 +110,19 @@ def run_recbole_perpeft(
     model = model or DEFAULT_MODEL
     dataset = dataset or DEFAULT_DATASET
     config = build_config(model, dataset, config_file_list, config_dict)
+    result, _ = train_and_test(config, saved)
+    return result
+
+
+def train_and_test(config: Config, saved: bool = True) -> tuple[dict, object]:
+    """Train and test the model of a built ``config``; the body of
+    :func:`run_recbole_perpeft`, which benchmarks call to read the trainer too.
+
+    Returns:
+        tuple[dict, PerPEFTTrainer | Trainer]: the result dict of
+        :func:`run_recbole_perpeft` and the trainer (its model and, for our
+        models, ``timings`` of every epoch).
+    """
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -136,12 +149,13 @@ def run_recbole_perpeft(
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
-    return {
+    result = {
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
     }
+    return result, trainer
 
 
 def evaluate_checkpoint(model_file: str, config_dict: dict | None = None) -> tuple[dict, object]:

@@ -8,6 +8,7 @@ PerPEFT's three stages, and reports metrics per user group. Everything else
 
 from __future__ import annotations
 
+import time
 from logging import getLogger
 
 import numpy as np
@@ -29,6 +30,25 @@ class PerPEFTTrainer(Trainer):
     def __init__(self, config, model) -> None:
         super().__init__(config, model)
         self.group_table: list = []
+        # wall seconds of every training and validation epoch, by stage
+        # ("train" / "stage1" / "stage3"), for benchmarks
+        self.timings: dict[str, dict[str, list[float]]] = {}
+        self._stage = "train"
+
+    def _timed(self, phase: str, method, *args, **kwargs):
+        start = time.perf_counter()
+        result = method(*args, **kwargs)
+        stage = self.timings.setdefault(self._stage, {"train": [], "valid": []})
+        stage[phase].append(time.perf_counter() - start)
+        return result
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        return self._timed(
+            "train", super()._train_epoch, train_data, epoch_idx, loss_func, show_progress
+        )
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        return self._timed("valid", super()._valid_epoch, valid_data, show_progress)
 
     def _as_user_loader(self, train_data) -> UserSequenceLoader:
         if isinstance(train_data, UserSequenceLoader):
@@ -45,11 +65,10 @@ class PerPEFTTrainer(Trainer):
             + f": {epochs} epochs, {len(loader)} batches of up to {loader.batch_size} "
             f"users, group sizes {sizes.tolist()}"
         )
-        foundation = max(model.foundation_parameters, 1)
-        projector = sum(p.numel() for p in model.projectors[0].parameters())
-        peft = model.bank.module_parameter_count(0) if model.bank is not None else 0
+        peft, projector = model.module_parameter_counts()
         per_module = peft + projector
         n_modules = len(model.projectors)
+        foundation = max(model.foundation_parameters, 1)
         logger.info(
             f"trainable per group module: {per_module:,} ({peft:,} PEFT + {projector:,} "
             f"projector), {100 * per_module / foundation:.2f}% of the encoder's "
@@ -79,10 +98,12 @@ class PerPEFTTrainer(Trainer):
         loader = self._as_user_loader(train_data)
         model = self.model
         if not isinstance(model, PerPEFT):
+            self._stage = "train"
             self._log_stage(f"{type(model).__name__} training", self.config["epochs"], loader)
             return self._run_stage(loader, valid_data, self.config["epochs"], 0, verbose, saved, show_progress, callback_fn)
 
         global_epochs = self.config["global_epochs"]
+        self._stage = "stage1"
         self._log_stage("Stage 1/3: global PEFT", global_epochs, loader)
         best_score, best_result = self._run_stage(
             loader, valid_data, global_epochs, 0, verbose, saved, show_progress, callback_fn
@@ -93,6 +114,7 @@ class PerPEFTTrainer(Trainer):
                 self._load_checkpoint(self.saved_model_file)
 
         self._group(loader)
+        self._stage = "stage3"
         self._log_stage("Stage 3/3: per-group PEFT", self.config["epochs"], loader)
         self.optimizer = self._build_optimizer()
         self._reset_best()

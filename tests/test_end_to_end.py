@@ -64,3 +64,22 @@ def test_command_line_takes_model_dataset_and_key_value_overrides(ml_slice_root,
     output = done.stdout + done.stderr
     assert "test result" in output and "ndcg@20" in output
     assert "MAX_ITEM_LIST_LENGTH = 10" in output
+
+
+def test_trainer_times_every_epoch_of_each_stage(run_config):
+    from recbole_perpeft.quick_start import build_config, train_and_test
+
+    config = build_config(
+        "PerPEFT", "ml-slice", config_dict={**run_config, "global_epochs": 2, "epochs": 1}
+    )
+    result, trainer = train_and_test(config, saved=False)
+    check_result(result)
+    assert list(trainer.timings) == ["stage1", "stage3"]
+    assert [len(trainer.timings["stage1"][p]) for p in ("train", "valid")] == [2, 2]
+    assert [len(trainer.timings["stage3"][p]) for p in ("train", "valid")] == [1, 1]
+    assert all(t > 0 for stage in trainer.timings.values() for t in stage["train"])
+    # LoRA r=4 on query and value of 2 layers of width 32: 2 * 2 * (4*32 + 32*4);
+    # projector 32 -> 64 -> 32 with its two LayerNorms
+    peft, projector = trainer.model.module_parameter_counts()
+    assert peft == 2 * 2 * (4 * 32 + 32 * 4)
+    assert projector == (32 * 64 + 64) + 2 * 64 + (64 * 32 + 32) + 2 * 32

@@ -221,6 +221,11 @@ class MultimodalSASRec(SequentialRecommender):
             self._catalogue_cache = {}
         return super().train(mode)
 
+    def module_parameter_counts(self) -> tuple[int, int]:
+        """Trainable parameters of one group module: (PEFT module, projector)."""
+        peft = self.bank.module_parameter_count(0) if self.bank is not None else 0
+        return peft, sum(p.numel() for p in self.projectors[0].parameters())
+
     # ---- sequence tower -----------------------------------------------------
     def encode_sequences(self, item_seq: torch.Tensor, item_seq_emb: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, L, H] of sequences given their item vectors [B, L, H]."""
