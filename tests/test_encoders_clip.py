@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recbole_perpeft.data.content import ItemContent
 from recbole_perpeft.encoders import hf_clip as hf_clip_encoder
@@ -89,6 +90,23 @@ def test_per_batch_padding_matches_full_padding(encoder):
         assert batch.input_ids.size(1) < full_ids.size(1)
         cut = encoder.encode_text(batch.input_ids, batch.attention_mask)
     torch.testing.assert_close(cut, full[short], atol=1e-5, rtol=0)
+
+
+def test_open_clip_text_tower_runs_on_the_batch_length_only():
+    encoder = make_encoder("open_clip")
+    batch = make_content(encoder).gather(torch.tensor([1, 2, 4]))
+    seen = []
+    encoder.backbone.transformer.register_forward_pre_hook(
+        lambda _module, args: seen.append(args[0].shape[1])
+    )
+    with torch.no_grad():
+        cut = encoder.encode_text(batch.input_ids, batch.attention_mask)
+        seen_cut = list(seen)
+        # open_clip's own encode_text on ids padded to the full context length
+        full = encoder.backbone.encode_text(encoder._full_context(batch.input_ids))
+    assert seen_cut == [batch.input_ids.size(1)] and seen_cut[0] < encoder.context_length
+    assert seen[-1] == encoder.context_length
+    torch.testing.assert_close(cut, F.normalize(full, dim=-1), atol=1e-5, rtol=0)
 
 
 def test_layer_states_pool_where_the_model_pools(encoder):

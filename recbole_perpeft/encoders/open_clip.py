@@ -17,11 +17,15 @@ offline). Images arrive as uint8 pixels, are scaled to [0, 1] and normalised wit
 the mean and std of the model's preprocessing config; ``image_size`` is that
 config's size. Both embeddings are the model's projected features, L2-normalised.
 
-open_clip's text towers add a positional embedding of the full ``context_length``
-(and some pool at the last position), so :meth:`OpenCLIPEncoder.encode_text` pads
-each batch back to ``context_length`` with the pad token: a batch cut to its
-longest text gives the same embeddings as fully padded ids (the causal mask
-keeps padding out of the pooled token), it only saves nothing here.
+open_clip's ``CLIP.encode_text`` adds a positional embedding and a causal mask of
+the full ``context_length`` (77), whatever the text length. Where the tower pools
+at the end-of-text token (``text_pool_type`` 'argmax' or 'eos', the CLIP family),
+:meth:`OpenCLIPEncoder.encode_text` runs the same layers on the batch cut to its
+longest text, with the positional embedding and the mask cut alike: the causal
+mask keeps later padding out of every earlier position, so the embeddings are
+those of fully padded ids, at a fraction of the cost for short titles. Other
+towers (pooling at the last position, CustomTextCLIP) get ids padded back to
+``context_length``.
 
 PEFT targets (canonical HF-CLIP name -> open_clip module; regexes fullmatched
 by peft), in the towers of the used modalities:
@@ -281,12 +285,42 @@ class OpenCLIPEncoder(ItemEncoder):
             return input_ids[:, : self.context_length]
         return F.pad(input_ids, (0, missing), value=self.pad_token_id)
 
+    def _pools_at_end_of_text(self) -> bool:
+        model = self.backbone
+        return (
+            getattr(model, "text_pool_type", None) in ("argmax", "eos")
+            and getattr(model, "attn_mask", None) is not None
+            and hasattr(model, "positional_embedding")
+        )
+
+    def _encode_text_cut(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``CLIP.encode_text`` on ids [N, T], T <= context_length, without padding
+        them to the context length: positions and causal mask cut to T."""
+        from open_clip.transformer import text_global_pool
+
+        model = self.backbone
+        length = input_ids.size(1)
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(input_ids).to(cast_dtype)  # [N, T, W]
+        x = x + model.positional_embedding[:length].to(cast_dtype)
+        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+        x = model.ln_final(x)
+        x = text_global_pool(
+            x, input_ids, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
+        )  # [N, W]
+        if isinstance(model.text_projection, nn.Linear):
+            return model.text_projection(x)
+        return x if model.text_projection is None else x @ model.text_projection
+
     def encode_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
         """L2-normalised text embeddings [N, D] (``attention_mask`` is implied by
         the causal mask and unused)."""
-        features = self.backbone.encode_text(self._full_context(input_ids))
+        if self._pools_at_end_of_text() and input_ids.size(1) <= self.context_length:
+            features = self._encode_text_cut(input_ids)
+        else:
+            features = self.backbone.encode_text(self._full_context(input_ids))
         return F.normalize(features, dim=-1)
 
     # ---- image --------------------------------------------------------------
