@@ -107,6 +107,7 @@ CONSTRAINTS = {
     "n_heads": IntRange(1),
     "MAX_ITEM_LIST_LENGTH": IntRange(1),
     "train_batch_size": IntRange(1),
+    "train_window": OneOf(("last", "random")),
     "epochs": IntRange(0),
     "peft_config": OptionalDict(),
     "n_groups": IntRange(1),

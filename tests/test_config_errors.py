@@ -19,6 +19,7 @@ CASES = [
     ("GlobalPEFT", {"peft_config": {"target_modules": ["q_prj"]}}, r"`peft_config.target_modules`: \['q_prj'\] has no counterpart"),
     ("FrozenMM", {"loss_type": "CE"}, r"`loss_type`: expected one of \['BCE'\], got 'CE'"),
     ("PerPEFT", {"group_negatives": "yes"}, r"`group_negatives`: expected True or False, got 'yes'"),
+    ("GlobalPEFT", {"train_window": "latest"}, r"`train_window`: expected one of \['last', 'random'\], got 'latest'"),
 ]
 
 

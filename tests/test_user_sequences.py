@@ -93,3 +93,45 @@ def test_batch_order_changes_between_epochs_but_is_seeded(run_config):
     second_epoch = [b[config["USER_ID_FIELD"]].tolist() for b in loader]
     assert first == again
     assert first != second_epoch
+
+
+def test_random_windows_are_shifted_slices_that_cover_each_history(run_config):
+    config, (_, train_data, _, _) = load(run_config)
+    sequences = UserSequences(train_data.dataset)
+    max_len = config["MAX_ITEM_LIST_LENGTH"]
+    # the five shortest histories, so that 400 draws see every possible end
+    by_length = sorted(sequences.train_users, key=lambda u: len(sequences.histories[u]))
+    users = np.array(by_length[:5])
+    assert max(len(sequences.histories[u]) for u in users) <= 40
+    rng = np.random.default_rng(0)
+    ends_seen = {uid: set() for uid in users}
+    for _ in range(400):
+        inputs, targets, lengths = sequences.random_windows(users, max_len, rng)
+        for row, uid in enumerate(users):
+            history = sequences.histories[uid].tolist()
+            n = lengths[row]
+            assert 1 <= n <= max_len
+            assert not inputs[row, n:].any() and not targets[row, n:].any()
+            # targets are inputs shifted by one, all a contiguous slice of the history
+            window = inputs[row, :n].tolist() + [int(targets[row, n - 1])]
+            assert targets[row, : n - 1].tolist() == inputs[row, 1:n].tolist()
+            end = history.index(window[-1]) + 1
+            assert history[end - len(window) : end] == window
+            # a full window unless it starts at the first item
+            assert n == max_len or end - len(window) == 0
+            ends_seen[uid].add(end)
+    for uid in users:  # every possible end (item 2 .. last) is drawn
+        assert ends_seen[uid] == set(range(2, len(sequences.histories[uid]) + 1))
+
+
+def test_loader_with_random_windows_differs_per_epoch(run_config):
+    config, (_, train_data, _, _) = load({**run_config, "train_window": "random"})
+    loader = UserSequenceLoader(config, train_data.dataset, batch_size=len(train_data.dataset.inter_feat))
+    seq_field = config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]
+    uid_field = config["USER_ID_FIELD"]
+    (first,), (second,) = list(loader), list(loader)
+    order_1 = np.argsort(first[uid_field].numpy())
+    order_2 = np.argsort(second[uid_field].numpy())
+    assert not np.array_equal(first[seq_field].numpy()[order_1], second[seq_field].numpy()[order_2])
+    targets = first[UserSequenceLoader.TARGET_SEQ].numpy()
+    assert not first[UserSequenceLoader.NEG_SEQ].numpy()[targets == 0].any()

@@ -3,8 +3,15 @@
 RecBole's sequential datasets hold one row per prefix of each history (its data
 augmentation). Encoding item content for every prefix would multiply the
 encoder's cost by the sequence length, so these models train as the original
-SASRec does: one example per user, the last ``MAX_ITEM_LIST_LENGTH`` items of
-the training history, with a target and a sampled negative at every position.
+SASRec does: one example per user per epoch, ``MAX_ITEM_LIST_LENGTH`` items of
+the training history with a target and a sampled negative at every position.
+
+``train_window: last`` (the original SASRec's, and the paper's) always takes the
+last items of each history. Where histories are much longer than the window
+(ml-100k: about 100 items against 10) that leaves most of the training data
+unseen, so ``train_window: random`` takes, each epoch, a window ending at a
+uniformly drawn position of the history instead: the cost of an epoch is the
+same, and over the epochs every interaction is used.
 """
 
 from __future__ import annotations
@@ -73,6 +80,32 @@ class UserSequences:
             lengths[row] = len(seq_in)
         return inputs, targets, lengths
 
+    def random_windows(
+        self, users: np.ndarray, max_len: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, ...]:
+        """Inputs, targets and lengths of one random window of each user's history.
+
+        The window ends (its last target) at a uniformly drawn position of the
+        history, from the second item to the last, and holds up to ``max_len``
+        inputs before it.
+
+        Returns:
+            tuple[np.ndarray, ...]: ``inputs`` [U, max_len], ``targets``
+            [U, max_len], ``lengths`` [U], for ``users`` in that order.
+        """
+        n = len(users)
+        inputs = np.zeros((n, max_len), dtype=np.int64)
+        targets = np.zeros((n, max_len), dtype=np.int64)
+        lengths = np.zeros(n, dtype=np.int64)
+        for row, uid in enumerate(users):
+            history = self.histories[uid]
+            end = int(rng.integers(2, len(history) + 1))  # one past the last target
+            window = history[max(0, end - max_len - 1) : end]
+            inputs[row, : len(window) - 1] = window[:-1]
+            targets[row, : len(window) - 1] = window[1:]
+            lengths[row] = len(window) - 1
+        return inputs, targets, lengths
+
     def full_sequences(self, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """The last ``max_len`` training items of each training user (for grouping).
 
@@ -132,6 +165,7 @@ class UserSequenceLoader:
             self.max_len
         )
         self.users = self.sequences.train_users
+        self.random_window = config["train_window"] == "random"
         self.seed = int(config["seed"])
         self.epoch = 0
         self.n_groups = 1
@@ -182,16 +216,23 @@ class UserSequenceLoader:
         use_pools = self.sampler.pools is not None
         for group, rows in self._batches(rng):
             users = self.users[rows]
+            if self.random_window:
+                inputs, targets, lengths = self.sequences.random_windows(
+                    users, self.max_len, rng
+                )
+            else:
+                inputs, targets = self.inputs[rows], self.targets[rows]
+                lengths = self.lengths[rows]
             negatives = self.sampler.sample(
                 users, self.max_len, rng, group=group if use_pools else None
             )
-            negatives[self.targets[rows] == 0] = 0
+            negatives[targets == 0] = 0
             yield Interaction(
                 {
                     self.uid_field: torch.from_numpy(users),
-                    self.item_seq_field: torch.from_numpy(self.inputs[rows]),
-                    self.item_seq_len_field: torch.from_numpy(self.lengths[rows]),
-                    self.TARGET_SEQ: torch.from_numpy(self.targets[rows]),
+                    self.item_seq_field: torch.from_numpy(inputs),
+                    self.item_seq_len_field: torch.from_numpy(lengths),
+                    self.TARGET_SEQ: torch.from_numpy(targets),
                     self.NEG_SEQ: torch.from_numpy(negatives),
                     self.GROUP_ID: torch.full((len(rows),), group, dtype=torch.long),
                 }
