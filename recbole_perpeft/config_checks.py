@@ -133,6 +133,12 @@ def check_config(config, keys: list[str] | None = None) -> None:
             continue
         if not constraint.check(value):
             raise ValueError(f"`{key}`: expected {constraint.describe()}, got {value!r}.")
+    modalities = (config["modalities"] if "modalities" in config else None) or []
+    if "text" in modalities and "text_fields" in config and not config["text_fields"]:
+        raise ValueError(
+            "`text_fields`: the modality 'text' needs at least one column of the "
+            f".item file, got {config['text_fields']!r}."
+        )
     if keys is None or "encoder" in keys:
         from recbole_perpeft.encoders import check_encoder_config
 

@@ -19,6 +19,8 @@ CASES = [
     ("GlobalPEFT", {"peft_config": {"target_modules": ["q_prj"]}}, r"`peft_config.target_modules`: \['q_prj'\] has no counterpart"),
     ("FrozenMM", {"loss_type": "CE"}, r"`loss_type`: expected one of \['BCE'\], got 'CE'"),
     ("PerPEFT", {"group_negatives": "yes"}, r"`group_negatives`: expected True or False, got 'yes'"),
+    ("PerPEFT", {"text_fields": []}, r"`text_fields`: the modality 'text' needs at least one column of the .item file, got \[\]"),
+    ("GlobalPEFT", {"peft_type": "prefix_tuning"}, r"`peft_type`: expected 'iisan' or one of peft's types \[.*'lora'.*\], got 'prefix_tuning'"),
     ("GlobalPEFT", {"train_window": "latest"}, r"`train_window`: expected one of \['last', 'random'\], got 'latest'"),
 ]
 

@@ -45,14 +45,31 @@ UNSUPPORTED = {
 }
 
 
-def build_peft_config(peft_type: str, kwargs: dict, encoder: ItemEncoder):
-    """peft's config object for ``peft_type`` with the paper's names translated."""
-    from peft import PeftType
+def injectable_peft_types() -> list[str]:
+    """peft's types that adapt layers in place (what inject_adapter_in_model does).
+
+    Prompt-learning types (prompt, prefix and p-tuning, ...) and LLaMA's
+    adaption prompt add virtual tokens to a language model's input instead, which
+    an item encoder has no place for.
+    """
+    from peft.config import PromptLearningConfig
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
-    allowed = sorted(t.value.lower() for t in PeftType)
+    return sorted(
+        str(key.value).lower()
+        for key, config_class in PEFT_TYPE_TO_CONFIG_MAPPING.items()
+        if not issubclass(config_class, PromptLearningConfig)
+        and str(key.value) != "ADAPTION_PROMPT"
+    )
+
+
+def build_peft_config(peft_type: str, kwargs: dict, encoder: ItemEncoder):
+    """peft's config object for ``peft_type`` with the paper's names translated."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    allowed = injectable_peft_types()
     key = peft_type.upper()
-    if key not in PEFT_TYPE_TO_CONFIG_MAPPING:
+    if peft_type.lower() not in allowed:
         raise ValueError(
             f"`peft_type`: expected 'iisan' or one of peft's types {allowed}, "
             f"got {peft_type!r}."
