@@ -5,13 +5,44 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
 
 OUR_MODELS = {
     "FrozenMM": "recbole_perpeft.model.frozen_mm",
     "GlobalPEFT": "recbole_perpeft.model.global_peft",
     "PerPEFT": "recbole_perpeft.model.perpeft",
 }
-PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
+#: Where ``pip install .`` puts the YAML defaults (``[options.data_files]``).
+INSTALLED_PROPERTIES = os.path.join("share", "recbole_perpeft", "properties")
+
+
+def find_properties_dir(package_dir: str, prefix: str) -> str:
+    """The folder of the YAML defaults.
+
+    A source checkout (and ``pip install -e .``) has ``properties/`` beside the
+    package; a regular install has it under ``<prefix>/share/recbole_perpeft``.
+
+    Args:
+        package_dir (str): the folder of the ``recbole_perpeft`` package.
+        prefix (str): the installation prefix (``sys.prefix``).
+
+    Raises:
+        FileNotFoundError: when neither holds ``overall.yaml``.
+    """
+    candidates = [
+        os.path.join(os.path.dirname(package_dir), "properties"),
+        os.path.join(prefix, INSTALLED_PROPERTIES),
+    ]
+    for candidate in candidates:
+        if os.path.isfile(os.path.join(candidate, "overall.yaml")):
+            return candidate
+    raise FileNotFoundError(
+        f"recbole_perpeft's YAML defaults (overall.yaml) are in none of {candidates}; "
+        "reinstall the package."
+    )
+
+
+PROPERTIES_DIR = find_properties_dir(os.path.dirname(os.path.abspath(__file__)), sys.prefix)
 
 
 def is_our_model(name: str) -> bool:
