@@ -21,6 +21,8 @@ import platform
 import statistics
 import time
 
+from summarise import HEADER, table_row
+
 from recbole_perpeft.quick_start import build_config, train_and_test
 
 MODELS = ["SASRec", "FrozenMM", "GlobalPEFT", "PerPEFT"]
@@ -111,28 +113,10 @@ def main() -> None:
                 writer.writerows(rows)
 
     print(f"\n{args.dataset}, seeds {args.seeds}; {versions()}\n")
-    print(
-        "| model | test NDCG@20 (x100) | test Hit@20 (x100) | wall time per run (s) "
-        "| train epoch (s) | valid epoch (s) | trainable % |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    print(HEADER)
     for model in args.models:
-        runs = [r for r in rows if r["model"] == model]
-
-        def fmt(key: str) -> str:
-            values = [100 * r[key] for r in runs]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            return f"{statistics.mean(values):.2f} ± {spread:.2f}"
-
-        def mean_of(key: str, digits: int) -> str:
-            values = [r[key] for r in runs if r[key] != ""]
-            return f"{statistics.mean(values):.{digits}f}" if values else "-"
-
-        print(
-            f"| {model}{args.tag and f' ({args.tag})'} | {fmt('ndcg@20')} | {fmt('hit@20')} "
-            f"| {mean_of('wall_s', 0)} | {mean_of('train_epoch_s', 1)} "
-            f"| {mean_of('valid_epoch_s', 1)} | {mean_of('trainable_pct', 2)} |"
-        )
+        name = f"{model} ({args.tag})" if args.tag else model
+        print(table_row(name, [r for r in rows if r["model"] == model]))
     print(f"\nper-run rows: {path}")
 
 
