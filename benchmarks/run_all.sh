@@ -22,3 +22,6 @@ for kind in ia3 iisan; do
     python benchmarks/compare_models.py --dataset ml-100k --config_files $DEFAULT \
         --models PerPEFT --seeds 1 --set peft_type=$kind --tag $kind
 done
+# the README's tables
+python benchmarks/summarise.py benchmarks/results/compare_ml-100k*.csv
+python benchmarks/summarise.py benchmarks/results/compare_synthetic*.csv
