@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -324,8 +325,123 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
         prepare_amazon2023(reviews, meta, out, min_user=2, min_item=2)
     (out / "stale.txt").write_text("x", encoding="utf-8")
     prepare_amazon2023(reviews, meta, out, min_user=2, min_item=2, overwrite=True)
-    assert not (out / "stale.txt").exists()
+    assert (out / "stale.txt").read_text(encoding="utf-8") == "x"
     assert (out / "toy.inter").read_text(encoding="utf-8") == EXPECTED_INTER
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under a folder -> its bytes (``None`` for folders)."""
+    return {
+        str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_overwrite_replaces_only_the_files_it_writes(tmp_path: Path) -> None:
+    reviews, meta = _raw(tmp_path)
+    out = tmp_path / "dataset" / "toy"
+    prepare_amazon2023(reviews, meta, out, min_user=2, min_item=2)
+    (out / "images").mkdir()
+    (out / "images" / "P1.jpg").write_bytes(b"downloaded image")
+    (out / "images_failed.tsv").write_text("item_id\turl\treason\n", "utf-8")
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    (out / "toy.inter").write_text("edited by hand\n", encoding="utf-8")
+
+    prepare_amazon2023(
+        reviews,
+        meta,
+        out,
+        min_user=2,
+        min_item=2,
+        text_fields=["title", "store"],
+        overwrite=True,
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "images",
+        "images.tsv",
+        "images_failed.tsv",
+        "notes.txt",
+        "stats.json",
+        "toy.inter",
+        "toy.item",
+    ]
+    assert (out / "toy.inter").read_text(encoding="utf-8") == EXPECTED_INTER
+    assert (out / "toy.item").read_text(encoding="utf-8").splitlines()[:2] == [
+        "item_id:token\ttitle:token_seq\tstore:token_seq",
+        "P1\tTent for two\tAcme",
+    ]
+    saved = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    assert saved["source"]["text_fields"] == ["title", "store"]
+    assert (out / "images" / "P1.jpg").read_bytes() == b"downloaded image"
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert _leftovers(out) == [] and _leftovers(out.parent) == []
+
+
+def test_overwrite_refuses_inputs_inside_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "toy"
+    out.mkdir()
+    reviews, meta = _raw(out)  # the raw files live in the output folder
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    before = _snapshot(out)
+    args = ["amazon2023", "--reviews", str(reviews), "--meta", str(meta)]
+    for extra in ([], ["--overwrite"]):
+        code = main([*args, "--out", str(out), "--min-user", "2", *extra])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert f"--reviews {str(reviews)!r} lies inside --out {str(out)!r}" in err
+        assert "nothing was written or deleted" in err
+        assert _snapshot(out) == before
+
+    # the output folder as a path with '..' and only the meta file inside it
+    elsewhere = tmp_path / "raw"
+    elsewhere.mkdir()
+    moved = elsewhere / reviews.name
+    reviews.rename(moved)
+    before = _snapshot(out)
+    with pytest.raises(PreparationError, match="--meta .* lies inside --out"):
+        prepare_amazon2023(moved, meta, elsewhere / ".." / "toy", overwrite=True)
+    assert _snapshot(out) == before
+
+
+def test_failed_move_leaves_the_previous_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reviews, meta = _raw(tmp_path)
+    out = tmp_path / "toy"
+    prepare_amazon2023(reviews, meta, out, min_user=2, min_item=2)
+    before = _snapshot(out)
+
+    real_replace = os.replace
+
+    def failing_replace(src: str | Path, dst: str | Path) -> None:
+        if Path(dst).name == "toy.item" and ".prepare.tmp-" in str(src):
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        prepare_amazon2023(
+            reviews,
+            meta,
+            out,
+            min_user=2,
+            min_item=2,
+            text_fields=["title", "store"],
+            overwrite=True,
+        )
+    # images.tsv, stats.json and toy.inter had been moved; all are restored
+    assert _snapshot(out) == before
+    monkeypatch.undo()
+
+    # a folder where a file is written is refused before anything moves
+    (out / "images.tsv").unlink()
+    (out / "images.tsv").mkdir()
+    before = _snapshot(out)
+    with pytest.raises(FileExistsError, match="images.tsv' is a folder"):
+        prepare_amazon2023(reviews, meta, out, min_user=2, min_item=2, overwrite=True)
+    assert _snapshot(out) == before
 
 
 def test_bad_option_values_name_the_option(tmp_path: Path) -> None:

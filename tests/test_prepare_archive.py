@@ -166,3 +166,50 @@ def test_cli_finds_the_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert (out / "sports_outdoors.inter").read_text(encoding="utf-8") == (
         EXPECTED_INTER
     )
+
+
+def test_overwrite_keeps_other_files_and_refuses_the_archive_inside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = _archive(tmp_path)
+    out = tmp_path / "toy"
+    out.mkdir()
+    (out / "images").mkdir()
+    (out / "images" / "B00A.png").write_bytes(b"older image of B00A")
+    (out / "images" / "B00Z.jpg").write_bytes(b"image of another item")
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    (out / "toy.inter").write_text("old\n", encoding="utf-8")
+
+    convert_authors_archive(archive, out, overwrite=True)
+    assert (out / "toy.inter").read_text(encoding="utf-8") == EXPECTED_INTER
+    assert sorted(p.name for p in out.iterdir()) == [
+        "images",
+        "notes.txt",
+        "stats.json",
+        "toy.inter",
+        "toy.item",
+    ]
+    assert sorted(p.name for p in (out / "images").iterdir()) == [
+        "B00A.jpg",
+        "B00B.jpg",
+        "B00D.jpg",
+        "B00Z.jpg",
+    ]
+    assert (out / "images" / "B00Z.jpg").read_bytes() == b"image of another item"
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+    inside = out / "archive"
+    archive.rename(inside)
+    listing = sorted(str(p) for p in out.rglob("*"))
+    code = main(
+        ["authors-archive", "--archive", str(inside), "--out", str(out), "--overwrite"]
+    )
+    assert code == 2
+    assert (
+        f"--archive {str(inside)!r} lies inside --out {str(out)!r}"
+        in capsys.readouterr().err
+    )
+    assert sorted(str(p) for p in out.rglob("*")) == listing
+    with pytest.raises(PreparationError, match="--archive .* lies inside --out"):
+        convert_authors_archive(inside, inside, overwrite=True)
+    assert sorted(str(p) for p in out.rglob("*")) == listing

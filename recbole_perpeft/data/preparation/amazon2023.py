@@ -11,8 +11,9 @@ The pipeline, in order:
 4. Optionally drop items without an image URL, then apply the iterative k-core
    filter (``min_user``/``min_item``) until nothing more is removed.
 5. Sort by timestamp (ties: file order) and write ``<name>.inter``,
-   ``<name>.item``, ``images.tsv`` and ``stats.json`` into a temporary sibling
-   folder that is renamed into place at the end.
+   ``<name>.item``, ``images.tsv`` and ``stats.json`` into a temporary folder
+   whose files are moved into place at the end (with ``overwrite`` only these
+   files are replaced; other files in the output folder are kept).
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ from recbole_perpeft.data.preparation.atomic import (
     PreparationError,
     ReadReport,
     atomic_directory,
+    check_inputs_outside,
     check_output_dir,
     clean_text,
+    output_path,
     write_inter,
     write_item,
     write_json,
@@ -489,26 +492,29 @@ def prepare_amazon2023(
             :data:`TEXT_FIELDS`.
         require_image (bool): Drop items without a main image URL (or without
             meta) before the k-core filter.
-        overwrite (bool): Replace an existing non-empty output folder.
+        overwrite (bool): Write into an existing non-empty output folder,
+            replacing only the files this step writes (``<name>.inter``,
+            ``<name>.item``, ``images.tsv``, ``stats.json``).
 
     Returns:
         PreparationResult: The folder, its statistics and the reading reports.
 
     Raises:
-        PreparationError: On an empty input, no usable records, or nothing left
-            after filtering.
+        PreparationError: On an empty input, no usable records, nothing left
+            after filtering, or an input file inside ``out``.
         FileNotFoundError: If an input file does not exist.
         FileExistsError: If ``out`` exists and ``overwrite`` is off.
         ValueError: On an option value out of range.
     """
     reviews, meta, out = Path(reviews), Path(meta), Path(out)
-    name = check_dataset_name(name if name is not None else out.name)
-    if name != out.name:
+    folder = output_path(out).name
+    name = check_dataset_name(name if name is not None else folder)
+    if name != folder:
         logger.warning(
             "--name %r differs from the folder name of --out %r; RecBole expects "
             "<data_path>/<dataset>/<dataset>.inter",
             name,
-            out.name,
+            folder,
         )
     _check_positive("--min-user", min_user)
     _check_positive("--min-item", min_item)
@@ -516,6 +522,7 @@ def prepare_amazon2023(
     for option, path in (("--reviews", reviews), ("--meta", meta)):
         if not path.is_file():
             raise FileNotFoundError(f"{option} {str(path)!r} does not exist")
+    check_inputs_outside(out, {"--reviews": reviews, "--meta": meta})
     check_output_dir(out, overwrite)
 
     review_report = ReadReport(str(reviews))

@@ -1,9 +1,10 @@
 """Shared writing of RecBole atomic files, statistics and whole output folders.
 
-Every converter in this package builds its output in a temporary sibling folder
-and only renames it into place once everything has been written, so that a
-failure never leaves a half-written dataset behind and never touches an
-existing one.
+Every converter in this package builds its output in a temporary folder and
+only moves it into place once everything has been written, so that a failure
+never leaves a half-written dataset behind and never touches an existing one.
+Overwriting replaces only the files a converter writes; other files in the
+output folder, and any input file, are never deleted.
 """
 
 from __future__ import annotations
@@ -336,63 +337,194 @@ def _umask() -> int:
     return mask
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Fail early if the output folder exists and may not be replaced.
+def output_path(out: Path | str) -> Path:
+    """Return the output folder as an absolute path, without following links.
+
+    ``.`` and ``..`` are resolved, so ``--out .`` names the current folder
+    (whose name is the dataset name) instead of the empty string.
+
+    Args:
+        out (Path | str): The folder as given.
+
+    Returns:
+        Path: The absolute folder.
+    """
+    return Path(os.path.abspath(out))
+
+
+def check_inputs_outside(out: Path, inputs: Mapping[str, Path]) -> None:
+    """Refuse an output folder that holds (or is) one of the input paths.
 
     Args:
         out (Path): The output folder.
-        overwrite (bool): Whether an existing non-empty folder may be replaced.
+        inputs (Mapping[str, Path]): Option name (``--reviews``) -> input path.
+
+    Raises:
+        PreparationError: If an input is ``out`` itself or lies inside it.
+    """
+    real_out = Path(out).resolve()
+    for option, path in inputs.items():
+        real = Path(path).resolve()
+        if real == real_out or real.is_relative_to(real_out):
+            raise PreparationError(
+                f"{option} {str(path)!r} lies inside --out {str(output_path(out))!r}; "
+                "--out must be a folder that holds no input. Choose another --out "
+                "or move the input out of it (nothing was written or deleted)"
+            )
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Fail early if the output folder exists and may not be written into.
+
+    Args:
+        out (Path): The output folder.
+        overwrite (bool): Whether files in an existing non-empty folder may be
+            replaced (only those this step writes; see :func:`atomic_directory`).
 
     Raises:
         FileExistsError: If ``out`` exists, is not empty and ``overwrite`` is off,
             or exists and is not a folder.
     """
+    shown = str(output_path(out))
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {str(out)!r} exists and is not a directory")
+        raise FileExistsError(f"--out {shown!r} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(
-            f"--out {str(out)!r} already exists and is not empty; "
-            "pass --overwrite to replace it"
+            f"--out {shown!r} already exists and is not empty; pass --overwrite "
+            "to replace the files this step writes (other files are kept)"
         )
+
+
+def _plan_moves(src: Path, dst: Path) -> list[tuple[Path, Path]]:
+    """List the moves that put the content of ``src`` into ``dst``.
+
+    A file (or link) replaces the path of the same name; a folder is moved as a
+    whole if ``dst`` has no such entry, else merged into it entry by entry.
+
+    Args:
+        src (Path): The freshly written folder.
+        dst (Path): The existing output folder.
+
+    Returns:
+        list[tuple[Path, Path]]: ``(source, target)`` pairs, in a stable order.
+
+    Raises:
+        FileExistsError: If a file would replace a folder or a folder a file.
+    """
+    moves: list[tuple[Path, Path]] = []
+    for entry in sorted(src.iterdir()):
+        target = dst / entry.name
+        if entry.is_dir() and not entry.is_symlink():
+            if not os.path.lexists(target):
+                moves.append((entry, target))
+            elif target.is_dir():
+                moves.extend(_plan_moves(entry, target))
+            else:
+                raise FileExistsError(
+                    f"--out: {str(target)!r} is not a folder, but this step writes "
+                    "a folder of that name; move it away and run again (nothing "
+                    "was changed)"
+                )
+        elif target.is_dir() and not target.is_symlink():
+            raise FileExistsError(
+                f"--out: {str(target)!r} is a folder, but this step writes a file "
+                "of that name; move it away and run again (nothing was changed)"
+            )
+        else:
+            moves.append((entry, target))
+    return moves
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, a link or a whole folder.
+
+    Args:
+        path (Path): The path.
+    """
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _merge_into(src: Path, dst: Path) -> None:
+    """Move the content of ``src`` into ``dst``, replacing same-named files.
+
+    Every replaced path is first renamed to a hidden backup next to it; if a
+    move fails, the moves done so far are undone and the backups renamed back,
+    so ``dst`` is left as it was. Backups are deleted once all moves are done.
+
+    Args:
+        src (Path): The freshly written folder.
+        dst (Path): The existing output folder.
+
+    Raises:
+        FileExistsError: See :func:`_plan_moves` (before anything is moved).
+    """
+    moves = _plan_moves(src, dst)
+    journal: list[tuple[Path, Path | None]] = []
+    tag = uuid.uuid4().hex[:8]
+    try:
+        for source, target in moves:
+            backup = None
+            if os.path.lexists(target):
+                backup = target.with_name(f".{target.name}.old-{tag}")
+                os.rename(target, backup)
+            journal.append((target, backup))
+            os.replace(source, target)
+    except BaseException:
+        for target, backup in reversed(journal):
+            if os.path.lexists(target):
+                _remove(target)
+            if backup is not None:
+                os.rename(backup, target)
+        raise
+    for _, backup in journal:
+        if backup is not None:
+            _remove(backup)
 
 
 @contextlib.contextmanager
 def atomic_directory(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Build a folder under a temporary sibling name and rename it into place.
+    """Build a dataset in a temporary folder and move it into place at the end.
 
-    On any error (or interrupt) inside the ``with`` block the temporary folder
-    is removed and an existing ``out`` is left exactly as it was. On success an
-    existing ``out`` is replaced as a whole (with ``overwrite``).
+    Without an existing ``out`` the temporary folder is a hidden sibling that
+    is renamed to ``out``. With an existing ``out`` (``overwrite``) it is a
+    hidden folder inside ``out``, and only what was written into it is moved
+    over: each file replaces the file of the same name, a folder is merged
+    file by file. Other files in ``out`` (inputs, a downloaded ``images/``,
+    notes) are never touched. On any error (or interrupt) inside the ``with``
+    block, or while moving, the temporary folder is removed and ``out`` is
+    left exactly as it was.
 
     Args:
         out (Path): The final folder.
-        overwrite (bool): Whether an existing non-empty folder may be replaced.
+        overwrite (bool): Whether files in an existing non-empty folder may be
+            replaced.
 
     Yields:
         Path: The temporary folder to write into.
 
     Raises:
-        FileExistsError: See :func:`check_output_dir`.
+        FileExistsError: See :func:`check_output_dir` and :func:`_plan_moves`.
     """
-    out = Path(out)
+    out = output_path(out)
     check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
-        if out.exists():
-            backup = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(out, backup)
-            try:
-                os.rename(tmp, out)
-            except BaseException:
-                os.rename(backup, out)
-                raise
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
+    if out.is_dir():
+        tmp = Path(tempfile.mkdtemp(prefix=".prepare.tmp-", dir=out.resolve()))
+        try:
+            yield tmp
+            _merge_into(tmp, out.resolve())
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            yield tmp
+            os.chmod(tmp, 0o777 & ~_umask())
             os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     logger.info("wrote %s", out)

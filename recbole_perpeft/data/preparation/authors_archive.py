@@ -41,9 +41,11 @@ from recbole_perpeft.data.preparation.atomic import (
     PreparationError,
     ReadReport,
     atomic_directory,
+    check_inputs_outside,
     check_output_dir,
     check_token,
     clean_text,
+    output_path,
     write_inter,
     write_item,
     write_json,
@@ -54,6 +56,7 @@ logger = logging.getLogger(__name__)
 IMAGE_MODES = ("copy", "symlink", "none")
 ITEM_KEYS = ("raw", "id")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+VARIANT_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif")
 
 _SAFE_GLOBALS = {
     ("builtins", "dict"),
@@ -309,13 +312,16 @@ def convert_authors_archive(
             item ids (as the amazon2023 converter does), ``id`` to keep the
             txt ids.
         trust_pickles (bool): Load the pickles with the standard unpickler.
-        overwrite (bool): Replace an existing non-empty output folder.
+        overwrite (bool): Write into an existing non-empty output folder,
+            replacing only the files this step writes (``<name>.inter``,
+            ``<name>.item``, ``stats.json`` and, per item, ``images/<item>.*``).
 
     Returns:
         PreparationResult: The folder, its statistics and the reading report.
 
     Raises:
-        PreparationError: On missing, empty or inconsistent archive files.
+        PreparationError: On missing, empty or inconsistent archive files, or
+            an archive inside ``out``.
         ValueError: On an option value out of range.
         FileExistsError: If ``out`` exists and ``overwrite`` is off.
     """
@@ -330,8 +336,9 @@ def convert_authors_archive(
         )
     if not archive.is_dir():
         raise FileNotFoundError(f"--archive {str(archive)!r} is not a directory")
+    check_inputs_outside(out, {"--archive": archive})
     source = name if name is not None else _archive_name(archive)
-    out_name = check_dataset_name(out.name)
+    out_name = check_dataset_name(output_path(out).name)
     check_output_dir(out, overwrite)
     txt = archive / f"{source}_final.txt"
     item2id_path = archive / f"{source}_item2id_final.pickle"
@@ -425,6 +432,7 @@ def convert_authors_archive(
         },
         "reports": {"interactions": report.to_dict()},
     }
+    written: dict[str, str] = {}
     with atomic_directory(out, overwrite=overwrite) as tmp:
         write_inter(
             tmp / f"{out_name}.inter",
@@ -436,11 +444,14 @@ def convert_authors_archive(
             target_dir.mkdir()
             for item_id, path in sorted(found_images.items()):
                 target = target_dir / f"{item_id}{_suffix(path)}"
+                written[item_id] = target.name
                 if images == "copy":
                     shutil.copyfile(path, target)
                 else:
                     os.symlink(path.resolve(), target)
         write_json(tmp / "stats.json", details)
+    if written:
+        _drop_other_variants(output_path(out) / "images", written)
     logger.info("%s", stats.table_row())
     return PreparationResult(out=out, stats=stats, details=details)
 
@@ -456,3 +467,35 @@ def _suffix(path: Path) -> str:
     """
     suffix = path.suffix.lower()
     return ".jpg" if suffix == ".jpeg" else suffix
+
+
+def _drop_other_variants(images_dir: Path, written: Mapping[str, str]) -> int:
+    """Delete older images of the written items saved under another extension.
+
+    After an overwrite, ``images/`` may still hold e.g. ``B00A.png`` next to the
+    new ``B00A.jpg``; the image loader would pick one of them by extension, so
+    the older one is removed. Images of other items are kept.
+
+    Args:
+        images_dir (Path): ``<out>/images``.
+        written (Mapping[str, str]): Item id -> file name written by this run.
+
+    Returns:
+        int: Number of files removed.
+    """
+    removed = 0
+    for entry in os.scandir(images_dir):
+        stem, dot, ext = entry.name.rpartition(".")
+        if (
+            dot
+            and stem in written
+            and entry.name != written[stem]
+            and ext.lower() in VARIANT_EXTS
+        ):
+            os.unlink(entry.path)
+            removed += 1
+    if removed:
+        logger.info(
+            "%s: removed %d older images of the same items", images_dir, removed
+        )
+    return removed

@@ -129,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop items without a main image URL before the k-core filter",
     )
     amazon.add_argument(
-        "--overwrite", action="store_true", help="replace an existing --out folder"
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out, replacing only the files this step "
+        "writes (other files are kept)",
     )
 
     archive = sub.add_parser(
@@ -159,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="load the pickles with the standard unpickler (runs code!)",
     )
     archive.add_argument(
-        "--overwrite", action="store_true", help="replace an existing --out folder"
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out, replacing only the files this step "
+        "writes (other files are kept)",
     )
 
     images = sub.add_parser(
