@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import io
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -62,7 +63,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, JPEG, "image/jpeg")
         elif self.path == "/picture":
             self._send(200, PNG, "image/png")
-        elif self.path == "/slow.jpg":
+        elif self.path == "/slow.jpg" or self.path.startswith("/slow/"):
             time.sleep(SLOW_SECONDS)
             self._send(200, JPEG, "image/jpeg")
         elif self.path == "/flaky.jpg":
@@ -212,3 +213,67 @@ def test_cli_summary_and_bad_options(
     assert "--timeout must be a number > 0, got '0'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--workers must be an integer >= 1, got 0"):
         download_images(folder, workers=0)
+
+
+def _slow_hits() -> int:
+    with _Handler.lock:
+        return sum(n for path, n in _Handler.hits.items() if path.startswith("/slow/"))
+
+
+def test_ctrl_c_cancels_pending_downloads(
+    tmp_path: Path, prep_image_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rows = [("good", f"{prep_image_server}/good.jpg")]
+    rows += [(f"s{n:02d}", f"{prep_image_server}/slow/{n}.jpg") for n in range(12)]
+    lines = ["item_id\turl", *(f"{item}\t{url}" for item, url in rows)]
+    (folder / "images.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    main_thread = threading.get_ident()
+    sent: list[float] = []
+
+    def press_ctrl_c() -> None:
+        deadline = time.monotonic() + 30
+        while _slow_hits() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sent.append(time.monotonic())
+        signal.pthread_kill(main_thread, signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    presser.start()
+    args = ["download-images", str(folder), "--no-progress", "--retries", "0"]
+    try:
+        code = main([*args, "--workers", "2", "--timeout", "5"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main()")
+    ended = time.monotonic()
+    presser.join()
+
+    assert code == 130
+    # the two downloads in progress end (here: complete), the ten queued ones
+    # never start; without the fix they would take 5 x 1.5 s more
+    assert ended - sent[0] < SLOW_SECONDS + 1.0
+    time.sleep(0.3)
+    assert _slow_hits() == 2
+    images = folder / "images"
+    assert sorted(p.name for p in images.iterdir()) == [
+        "good.jpg",
+        "s00.jpg",
+        "s01.jpg",
+    ]
+    assert (images / "s01.jpg").read_bytes() == JPEG
+    assert not (folder / "images_failed.tsv").exists()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "interrupted: downloaded 3, skipped (already there) 0, failed 0, "
+        "not done 10; the images written so far are kept, run the same command "
+        "again to resume"
+    ]
+
+    # resuming fetches only the rest
+    assert main([*args, "--workers", "10", "--timeout", "5"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "downloaded 10, skipped (already there) 3, failed 0"
+    )
+    assert _slow_hits() == 12

@@ -2,7 +2,8 @@
 
 Subcommands: ``amazon2023``, ``authors-archive`` and ``download-images``. Bad
 input exits with status 2 and a message on stderr; the final statistics or
-summary line goes to stdout.
+summary line goes to stdout. Ctrl-C during ``download-images`` exits with
+status 130 after one line on stderr.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from recbole_perpeft.data.preparation.authors_archive import (
     ITEM_KEYS,
     convert_authors_archive,
 )
-from recbole_perpeft.data.preparation.image_download import download_images
+from recbole_perpeft.data.preparation.image_download import (
+    DownloadInterrupted,
+    download_images,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         int: Exit status: 0 on success (also when some images failed; they are
-        listed in images_failed.tsv), 2 on bad input.
+        listed in images_failed.tsv), 2 on bad input, 130 when
+        ``download-images`` is interrupted with Ctrl-C.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -253,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(summary.line())
             return 0
+    except DownloadInterrupted as exc:
+        print(exc.line(), file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,10 @@ bodies), a check that the bytes decode as an image, and an atomic write (a
 temporary file in the same folder, then ``os.replace``). Images that are
 already there and decode are skipped, so an interrupted run can be resumed.
 Failures are written to ``<dataset>/images_failed.tsv`` and never stop the run.
+
+Ctrl-C cancels the downloads not yet started and the retries still to come;
+the ones in progress end within ``timeout`` seconds, the images written so far
+are kept, and :class:`DownloadInterrupted` is raised.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +93,42 @@ class DownloadSummary:
         return (
             f"downloaded {self.downloaded}, skipped (already there) {self.skipped}, "
             f"failed {self.failed}"
+        )
+
+
+class DownloadInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`download_images`, raised once the pool has stopped.
+
+    It is a :class:`KeyboardInterrupt`, so a script that calls
+    :func:`download_images` still stops.
+
+    Attributes:
+        summary (DownloadSummary): What was done before the pool stopped.
+        not_done (int): Images neither downloaded, skipped nor failed.
+    """
+
+    def __init__(self, summary: DownloadSummary, not_done: int) -> None:
+        """Keep the partial outcome.
+
+        Args:
+            summary (DownloadSummary): What was done before the pool stopped.
+            not_done (int): Images neither downloaded, skipped nor failed.
+        """
+        super().__init__(summary, not_done)
+        self.summary = summary
+        self.not_done = not_done
+
+    def line(self) -> str:
+        """Format the outcome and how to resume as one line.
+
+        Returns:
+            str: For example ``"interrupted: downloaded 3, ..., not done 97;
+            ... run the same command again to resume"``.
+        """
+        return (
+            f"interrupted: {self.summary.line()}, not done {self.not_done}; "
+            "the images written so far are kept, run the same command again "
+            "to resume"
         )
 
 
@@ -277,7 +318,8 @@ def download_one(
     timeout: float,
     retries: int,
     backoff: float,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], object] = time.sleep,
+    stop: threading.Event | None = None,
 ) -> tuple[str, str]:
     """Download one image unless it is already there.
 
@@ -289,11 +331,14 @@ def download_one(
         retries (int): Further attempts after the first, for transient errors.
         backoff (float): Wait before retry ``k`` (1-based) is
             ``backoff * 2 ** (k - 1)`` seconds.
-        sleep (Callable[[float], None]): Waiting function (for tests).
+        sleep (Callable[[float], object]): Waiting function (for tests, or
+            ``stop.wait`` so that a stop ends the wait).
+        stop (threading.Event | None): Once set, no further attempt is made.
 
     Returns:
-        tuple[str, str]: ``("skipped", path)``, ``("downloaded", path)`` or
-        ``("failed", reason)``.
+        tuple[str, str]: ``("skipped", path)``, ``("downloaded", path)``,
+        ``("failed", reason)`` or ``("stopped", "")`` (``stop`` was set before
+        the image was fetched).
     """
     try:
         check_token(item_id, "item id")
@@ -308,6 +353,8 @@ def download_one(
     for attempt in range(retries + 1):
         if attempt:
             sleep(backoff * 2 ** (attempt - 1))
+        if stop is not None and stop.is_set():
+            return "stopped", ""
         try:
             body, content_type = _fetch_once(url, timeout)
         except _Permanent as exc:
@@ -353,6 +400,8 @@ def download_images(
     Raises:
         ValueError: On an option value out of range.
         PreparationError: If ``images.tsv`` is missing.
+        DownloadInterrupted: On Ctrl-C, once the downloads in progress have
+            ended; ``images_failed.tsv`` is then left as it was.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"--workers must be an integer >= 1, got {workers!r}")
@@ -367,30 +416,44 @@ def download_images(
     images_dir = dataset_dir / "images"
     images_dir.mkdir(exist_ok=True)
     summary = DownloadSummary()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {
-            pool.submit(
-                download_one, item_id, url, images_dir, timeout, retries, backoff
-            ): (item_id, url)
-            for item_id, url in entries
-        }
+    stop = threading.Event()
+    futures: dict[Future[tuple[str, str]], tuple[str, str]] = {}
+    counted: set[Future[tuple[str, str]]] = set()
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         with tqdm(
-            total=len(futures), unit="img", disable=not progress, desc="images"
+            total=len(entries), unit="img", disable=not progress, desc="images"
         ) as bar:
+            for item_id, url in entries:
+                future = pool.submit(
+                    download_one,
+                    item_id,
+                    url,
+                    images_dir,
+                    timeout,
+                    retries,
+                    backoff,
+                    sleep=stop.wait,
+                    stop=stop,
+                )
+                futures[future] = (item_id, url)
             for future in as_completed(futures):
-                item_id, url = futures[future]
-                try:
-                    outcome, detail = future.result()
-                except Exception as exc:  # a failure must never stop the run
-                    outcome, detail = "failed", f"{type(exc).__name__}: {exc}"
-                if outcome == "downloaded":
-                    summary.downloaded += 1
-                elif outcome == "skipped":
-                    summary.skipped += 1
-                else:
-                    summary.failed += 1
-                    summary.failures.append((item_id, url, detail))
+                counted.add(future)
+                _count(summary, futures[future], future)
                 bar.update(1)
+    except KeyboardInterrupt:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future, entry in futures.items():
+            if future not in counted and future.done() and not future.cancelled():
+                _count(summary, entry, future)
+        done = summary.downloaded + summary.skipped + summary.failed
+        raise DownloadInterrupted(summary, len(entries) - done) from None
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     order = {item_id: n for n, (item_id, _) in enumerate(entries)}
     summary.failures.sort(key=lambda row: order[row[0]])
     failed_path = dataset_dir / "images_failed.tsv"
@@ -413,3 +476,26 @@ def download_images(
         logger.warning("%d images failed; see %s", summary.failed, failed_path)
     logger.info("%s: %s", dataset_dir, summary.line())
     return summary
+
+
+def _count(
+    summary: DownloadSummary, entry: tuple[str, str], future: Future[tuple[str, str]]
+) -> None:
+    """Add the outcome of one finished download to the summary.
+
+    Args:
+        summary (DownloadSummary): Updated in place.
+        entry (tuple[str, str]): ``(item_id, url)``.
+        future (Future[tuple[str, str]]): The finished :func:`download_one` call.
+    """
+    try:
+        outcome, detail = future.result()
+    except Exception as exc:  # a failure must never stop the run
+        outcome, detail = "failed", f"{type(exc).__name__}: {exc}"
+    if outcome == "downloaded":
+        summary.downloaded += 1
+    elif outcome == "skipped":
+        summary.skipped += 1
+    elif outcome != "stopped":
+        summary.failed += 1
+        summary.failures.append((*entry, detail))
