@@ -206,8 +206,8 @@ def test_k_core_dedup_order_and_files(tmp_path: Path) -> None:
     assert filtering["before_k_core"] == {"users": 4, "items": 4, "interactions": 8}
     assert filtering["k_core_rounds"] == 3
     report = saved["reports"]["reviews"]
-    assert report["malformed"] == {"count": 2, "first_lines": [4, 14]}
-    assert report["missing_fields"] == {"count": 2, "first_lines": [11, 13]}
+    assert report["malformed"] == {"count": 3, "first_lines": [4, 13, 14]}
+    assert report["missing_fields"] == {"count": 1, "first_lines": [11]}
     assert report["non_utf8"] == {"count": 1, "first_lines": [7]}
     assert saved["reports"]["meta"]["malformed"]["first_lines"] == [2]
     assert saved["reports"]["meta"]["missing_fields"]["first_lines"] == [4]
@@ -252,6 +252,53 @@ def test_extra_text_fields_and_require_image(tmp_path: Path) -> None:
     assert result.details["filtering"]["reviewed_items_without_image"] == 1  # P3
     # P3 is dropped before the k-core; the result does not change here
     assert (out / "toy.inter").read_text(encoding="utf-8") == EXPECTED_INTER
+
+
+def test_unusable_timestamps_are_malformed_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = [
+        _line(_review("A", "P1", 1000)),  # 1
+        b'{"user_id": "B", "parent_asin": "P1", "timestamp": 1e30}\n',  # 2
+        _line(dict(_review("B", "P1", 0), timestamp="\u00b2")),  # 3: "²"
+        _line(_review("B", "P1", 10**30)),  # 4: beyond int64
+        _line(_review("B", "P1", -5)),  # 5
+        _line(dict(_review("B", "P1", 0), timestamp="9" * 25)),  # 6
+        _line(dict(_review("B", "P1", 0), timestamp=1.5)),  # 7
+        _line(dict(_review("B", "P1", 0), timestamp=None)),  # 8: missing
+        _line(dict(_review("B", "P1", 0), user_id="B C")),  # 9: bad id
+        _line(dict(_review("B", "P1", 0), timestamp=" 2000 ")),  # 10
+        _line(dict(_review("A", "P2", 0), timestamp=3000.0)),  # 11
+        _line(_review("B", "P2", 2**63 - 1)),  # 12: largest allowed
+    ]
+    reviews = _write(tmp_path / "Stamps.jsonl", lines)
+    meta = _write(tmp_path / "meta_Stamps.jsonl", META_LINES)
+    out = tmp_path / "stamps"
+    code = main(
+        [
+            "amazon2023",
+            *("--reviews", str(reviews), "--meta", str(meta)),
+            *("--out", str(out), "--min-user", "1", "--min-item", "1"),
+        ]
+    )
+    assert code == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("| stamps | 2 | 2 |")
+    assert (out / "stamps.inter").read_text(encoding="utf-8") == (
+        "user_id:token\titem_id:token\ttimestamp:float\n"
+        "A\tP1\t1.000\n"
+        "B\tP1\t2.000\n"
+        "A\tP2\t3.000\n"
+        "B\tP2\t9223372036854775.807\n"
+    )
+    report = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    assert report["reports"]["reviews"]["malformed"] == {
+        "count": 7,
+        "first_lines": [2, 3, 4, 5, 6, 7, 9],
+    }
+    assert report["reports"]["reviews"]["missing_fields"] == {
+        "count": 1,
+        "first_lines": [8],
+    }
 
 
 def test_main_image_choice() -> None:

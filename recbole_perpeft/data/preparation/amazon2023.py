@@ -62,6 +62,8 @@ IMAGE_KEYS = ("large", "hi_res", "thumb")
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 _BAD_ID = re.compile(r"[\s/\\]")
+_DIGITS = re.compile(r"[0-9]{1,19}")
+MAX_TIMESTAMP = 2**63 - 1
 
 
 @dataclass
@@ -166,13 +168,15 @@ def _valid_id(value: object) -> str | None:
 
 
 def _valid_timestamp(value: object) -> int | None:
-    """Return a non-negative integer timestamp (milliseconds), if there is one.
+    """Return a timestamp (milliseconds) in ``0 .. 2**63 - 1``, if there is one.
 
     Args:
-        value (object): A raw field value (int, integral float or digit string).
+        value (object): A raw field value (int, integral float or a string of
+            ASCII digits).
 
     Returns:
-        int | None: The timestamp, or ``None`` if it is missing or not valid.
+        int | None: The timestamp, or ``None`` if it is missing, not a whole
+        number (``"abc"``, ``"²"``, ``1.5``) or out of range (``-1``, ``1e30``).
     """
     if isinstance(value, bool):
         return None
@@ -180,11 +184,23 @@ def _valid_timestamp(value: object) -> int | None:
         result = value
     elif isinstance(value, float) and value.is_integer():
         result = int(value)
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         result = int(value.strip())
     else:
         return None
-    return result if result >= 0 else None
+    return result if 0 <= result <= MAX_TIMESTAMP else None
+
+
+def _absent(value: object) -> bool:
+    """Tell whether a required field is missing (absent, ``null`` or ``""``).
+
+    Args:
+        value (object): The raw field value (``None`` if the key is absent).
+
+    Returns:
+        bool: ``True`` if there is no value at all.
+    """
+    return value is None or value == ""
 
 
 def format_timestamp(milliseconds: int) -> str:
@@ -345,6 +361,11 @@ class _Reviews:
 def read_reviews(path: Path, report: ReadReport) -> _Reviews:
     """Stream a reviews file into integer arrays.
 
+    A record without one of :data:`REVIEW_FIELDS` is counted in
+    ``report.missing_fields``; one whose field is present but unusable (an id
+    with whitespace or ``/``, a timestamp that is not a whole number in
+    ``0 .. 2**63 - 1``) in ``report.malformed``. Both are skipped.
+
     Args:
         path (Path): The reviews jsonl(.gz) file.
         report (ReadReport): Filled in while reading.
@@ -361,11 +382,14 @@ def read_reviews(path: Path, report: ReadReport) -> _Reviews:
     items = array.array("q")
     timestamps = array.array("q")
     for number, record in iter_jsonl(path, "--reviews", report):
-        user = _valid_id(record.get("user_id"))
-        item = _valid_id(record.get("parent_asin"))
-        stamp = _valid_timestamp(record.get("timestamp"))
-        if user is None or item is None or stamp is None:
+        raw = [record.get(key) for key in REVIEW_FIELDS]
+        if any(_absent(value) for value in raw):
             report.missing_fields.add(number)
+            continue
+        user, item = _valid_id(raw[0]), _valid_id(raw[1])
+        stamp = _valid_timestamp(raw[2])
+        if user is None or item is None or stamp is None:
+            report.malformed.add(number)
             continue
         users.append(user_index.setdefault(user, len(user_index)))
         items.append(item_index.setdefault(item, len(item_index)))
@@ -431,6 +455,9 @@ def read_meta(
 ) -> dict[int, _ItemMeta]:
     """Stream a meta file, keeping only the items that occur in the reviews.
 
+    A record without ``parent_asin`` is counted in ``report.missing_fields``,
+    one whose ``parent_asin`` cannot be an id in ``report.malformed``.
+
     Args:
         path (Path): The meta jsonl(.gz) file.
         wanted (dict[str, int]): ``parent_asin`` -> item index of reviewed items.
@@ -444,9 +471,13 @@ def read_meta(
     kept: dict[int, _ItemMeta] = {}
     duplicates = 0
     for number, record in iter_jsonl(path, "--meta", report):
-        item = _valid_id(record.get("parent_asin"))
-        if item is None:
+        raw_item = record.get("parent_asin")
+        if _absent(raw_item):
             report.missing_fields.add(number)
+            continue
+        item = _valid_id(raw_item)
+        if item is None:
+            report.malformed.add(number)
             continue
         index = wanted.get(item)
         if index is None:

@@ -126,8 +126,10 @@ class ReadReport:
         lines (int): Non-blank lines seen.
         records (int): Records kept.
         malformed (LineIssues): Lines that were not a JSON object (or, for
-            text inputs, not in the expected layout); skipped.
-        missing_fields (LineIssues): Records without a required field; skipped.
+            text inputs, not in the expected layout), or whose required field
+            holds an unusable value (e.g. a timestamp ``1e30``); skipped.
+        missing_fields (LineIssues): Records without a required field (absent,
+            ``null`` or ``""``); skipped.
         non_utf8 (LineIssues): Lines with bytes that are not UTF-8; decoded with
             replacement characters and kept.
     """
