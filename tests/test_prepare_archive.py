@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import logging
 import pickle
 from pathlib import Path
 
@@ -213,3 +214,32 @@ def test_overwrite_keeps_other_files_and_refuses_the_archive_inside(
     with pytest.raises(PreparationError, match="--archive .* lies inside --out"):
         convert_authors_archive(inside, inside, overwrite=True)
     assert sorted(str(p) for p in out.rglob("*")) == listing
+
+
+@pytest.mark.parametrize("mode", ["copy", "symlink"])
+def test_images_that_do_not_decode_are_left_out(
+    tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    archive = _archive(tmp_path)
+    (archive / "toy_images" / "10.jpg").write_bytes(b"<html>not an image</html>")
+    whole = (archive / "toy_images" / "11.jpg").read_bytes()
+    (archive / "toy_images" / "11.jpg").write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "toy"
+    with caplog.at_level(logging.WARNING):
+        convert_authors_archive(archive, out, images=mode)
+
+    assert [p.name for p in (out / "images").iterdir()] == ["B00D.jpg"]
+    assert (out / "toy.inter").read_text(encoding="utf-8") == EXPECTED_INTER
+    saved = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    assert saved["filtering"]["items_without_image"] == 3  # B00C has none at all
+    assert saved["filtering"]["images_not_decodable"] == 2
+    failures = saved["image_failures"]
+    assert [(f["item_id"], Path(f["file"]).name) for f in failures] == [
+        ("B00A", "10.jpg"),
+        ("B00B", "11.jpg"),
+    ]
+    assert all(f["reason"].startswith("not a decodable image") for f in failures)
+    warnings = [r.getMessage() for r in caplog.records]
+    warning = next(w for w in warnings if "do not decode and are left out" in w)
+    assert warning.startswith(f"2 images in {archive / 'toy_images'} do not")
+    assert "10.jpg (not a decodable image" in warning and "11.jpg (" in warning

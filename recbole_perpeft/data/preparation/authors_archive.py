@@ -16,6 +16,8 @@ description of its files, and makes these assumptions (also in
   by the raw keys (detected the same way); a list is read as index -> title.
   A title that is a list of strings is joined with spaces.
 - ``<name>_images/<item>.jpg``: named by txt id or raw key (both are tried).
+  Each image must decode (PIL ``verify`` and a full ``load``); one that does
+  not is left out, like a missing image, and listed in ``stats.json``.
 
 The pickles are read with an unpickler that only builds plain containers,
 strings and numbers (and numpy scalars), since unpickling runs code; pass
@@ -50,12 +52,14 @@ from recbole_perpeft.data.preparation.atomic import (
     write_item,
     write_json,
 )
+from recbole_perpeft.data.preparation.image_download import check_image_bytes
 
 logger = logging.getLogger(__name__)
 
 IMAGE_MODES = ("copy", "symlink", "none")
 ITEM_KEYS = ("raw", "id")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+SAMPLE_SIZE = 5
 VARIANT_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif")
 
 _SAFE_GLOBALS = {
@@ -268,6 +272,27 @@ def _find_image(images_dir: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
+def _undecodable(found: Mapping[str, Path]) -> list[dict[str, str]]:
+    """Check that each archive image decodes.
+
+    Args:
+        found (Mapping[str, Path]): Output item id -> archive image.
+
+    Returns:
+        list[dict[str, str]]: ``item_id``, ``file`` and ``reason`` of each image
+        that cannot be read or decoded, by item id.
+    """
+    failures = []
+    for item_id, path in sorted(found.items()):
+        try:
+            reason = check_image_bytes(path.read_bytes())
+        except OSError as exc:
+            reason = f"unreadable: {exc.strerror or exc}"
+        if reason is not None:
+            failures.append({"item_id": item_id, "file": str(path), "reason": reason})
+    return failures
+
+
 def _archive_name(archive: Path) -> str:
     """Find the dataset name from the single ``*_final.txt`` in the archive.
 
@@ -409,6 +434,23 @@ def convert_authors_archive(
                 path = _find_image(images_dir, (tid, id_to_raw.get(tid, tid)))
                 if path is not None:
                     found_images[out_id[tid]] = path
+    image_failures = _undecodable(found_images)
+    for failure in image_failures:
+        del found_images[failure["item_id"]]
+    if image_failures:
+        sample = ", ".join(
+            f"{Path(f['file']).name} ({f['reason']})"
+            for f in image_failures[:SAMPLE_SIZE]
+        )
+        more = ", ..." if len(image_failures) > SAMPLE_SIZE else ""
+        logger.warning(
+            "%d images in %s do not decode and are left out (listed under "
+            "image_failures in stats.json): %s%s",
+            len(image_failures),
+            images_dir,
+            sample,
+            more,
+        )
     without_image = len(txt_ids) - len(found_images) if images != "none" else None
     if without_image:
         logger.warning("%d items have no image in %s", without_image, images_dir)
@@ -429,8 +471,10 @@ def convert_authors_archive(
         "filtering": {
             "items_without_title": without_title,
             "items_without_image": without_image,
+            "images_not_decodable": len(image_failures),
         },
         "reports": {"interactions": report.to_dict()},
+        "image_failures": image_failures,
     }
     written: dict[str, str] = {}
     with atomic_directory(out, overwrite=overwrite) as tmp:
