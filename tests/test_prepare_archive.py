@@ -243,3 +243,37 @@ def test_images_that_do_not_decode_are_left_out(
     warning = next(w for w in warnings if "do not decode and are left out" in w)
     assert warning.startswith(f"2 images in {archive / 'toy_images'} do not")
     assert "10.jpg (not a decodable image" in warning and "11.jpg (" in warning
+
+
+def test_repeated_pairs_and_several_raw_keys(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    archive = _archive(tmp_path)
+    with open(archive / "toy_final.txt", "a", encoding="utf-8") as handle:
+        handle.write("2 11\n1 10 12\n")  # three repeated (user, item) pairs
+    item2id = {raw: int(i) for i, raw in RAW.items()}
+    item2id["B00X"] = 10  # a second raw key for id 10, after B00A
+    item2id["B00Y"] = 11
+    item2id["B00Z"] = 11
+    item2id["B00W"] = 99  # not in the txt
+    with open(archive / "toy_item2id_final.pickle", "wb") as handle:
+        pickle.dump(item2id, handle)
+    out = tmp_path / "toy"
+    with caplog.at_level(logging.WARNING):
+        result = convert_authors_archive(archive, out)
+
+    # the repeats are dropped, so the file is the one without them
+    assert (out / "toy.inter").read_text(encoding="utf-8") == EXPECTED_INTER
+    assert result.stats.interactions == 7
+    saved = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    assert saved["filtering"]["repeated_pairs_removed"] == 3
+    assert saved["filtering"]["ids_with_several_raw_keys"] == 2
+    warnings = [r.getMessage() for r in caplog.records]
+    repeated = (
+        "3 repeated (user, item) interactions removed (the first of each is kept)"
+    )
+    assert any(w.endswith(repeated) for w in warnings)
+    assert (
+        "toy_item2id_final.pickle: 2 item ids of the txt have more than one raw "
+        "key; the first is used: 10: B00A, B00X; 11: B00B, B00Y, B00Z"
+    ) in warnings

@@ -7,11 +7,14 @@ description of its files, and makes these assumptions (also in
 - ``<name>_final.txt``: whitespace-separated lines ``user item`` (one
   interaction per line) or ``user item1 item2 ...``; a user's interactions are
   in time order in the file. Order of first appearance is kept as is; lines
-  with fewer than two fields are skipped and counted.
+  with fewer than two fields are skipped and counted. A repeated
+  ``(user, item)`` pair keeps its first occurrence (as in amazon2023); the
+  repeats are counted.
 - ``<name>_item2id_final.pickle``: a dict between raw item keys (e.g. ASINs)
   and the ids used in the txt. Its direction is detected: the side whose
   values match the txt ids is taken as the id side. A list is read as
-  index -> raw key.
+  index -> raw key. If several raw keys map to one id, the first is used and a
+  warning names them.
 - ``<name>_texts_final.pickle``: a dict item -> title, keyed by the txt ids or
   by the raw keys (detected the same way); a list is read as index -> title.
   A title that is a list of strings is joined with spaces.
@@ -208,10 +211,29 @@ def read_interactions(path: Path, report: ReadReport) -> list[tuple[str, str]]:
     return pairs
 
 
+def _first_of_each_pair(
+    pairs: list[tuple[str, str]],
+) -> tuple[list[tuple[str, str]], int]:
+    """Keep each ``(user, item)`` pair once, at its first position.
+
+    Args:
+        pairs (list[tuple[str, str]]): Interactions in file order.
+
+    Returns:
+        tuple[list[tuple[str, str]], int]: The kept interactions and how many
+        repeats were removed.
+    """
+    kept = list(dict.fromkeys(pairs))
+    return kept, len(pairs) - len(kept)
+
+
 def orient_item2id(
     mapping: dict[object, object], txt_ids: set[str], path: Path
-) -> dict[str, str]:
+) -> tuple[dict[str, str], dict[str, list[str]]]:
     """Return txt id -> raw key, whichever direction the pickle is stored in.
+
+    If several raw keys map to one id, the first in the pickle's order is used
+    and a warning gives the count and the first few such ids.
 
     Args:
         mapping (dict[object, object]): The unpickled item2id mapping.
@@ -219,7 +241,9 @@ def orient_item2id(
         path (Path): The pickle, for messages.
 
     Returns:
-        dict[str, str]: txt id -> raw item key.
+        tuple[dict[str, str], dict[str, list[str]]]: txt id -> raw item key,
+        and, for each txt id with more than one raw key, all of them (the one
+        used first).
 
     Raises:
         PreparationError: If neither side matches the txt ids.
@@ -235,9 +259,30 @@ def orient_item2id(
         )
     if by_values >= by_keys:
         logger.info("%s read as raw key -> id (%d ids match)", path.name, by_values)
-        return {_key(v): _key(k) for k, v in mapping.items()}
-    logger.info("%s read as id -> raw key (%d ids match)", path.name, by_keys)
-    return {_key(k): _key(v) for k, v in mapping.items()}
+        pairs = [(_key(v), _key(k)) for k, v in mapping.items()]
+    else:
+        logger.info("%s read as id -> raw key (%d ids match)", path.name, by_keys)
+        pairs = [(_key(k), _key(v)) for k, v in mapping.items()]
+    id_to_raw: dict[str, str] = {}
+    several: dict[str, list[str]] = {}
+    for tid, raw in pairs:
+        first = id_to_raw.setdefault(tid, raw)
+        if raw != first and tid in txt_ids and raw not in several.get(tid, ()):
+            several.setdefault(tid, [first]).append(raw)
+    if several:
+        sample = "; ".join(
+            f"{tid}: {', '.join(raws)}" for tid, raws in list(several.items())[:5]
+        )
+        more = "; ..." if len(several) > 5 else ""
+        logger.warning(
+            "%s: %d item ids of the txt have more than one raw key; the first "
+            "is used: %s%s",
+            path.name,
+            len(several),
+            sample,
+            more,
+        )
+    return id_to_raw, several
 
 
 def _title(value: object) -> str:
@@ -374,13 +419,21 @@ def convert_authors_archive(
             raise PreparationError(f"--archive: {str(path)!r} is missing")
 
     report = ReadReport(str(txt))
-    pairs = read_interactions(txt, report)
+    pairs, repeated = _first_of_each_pair(read_interactions(txt, report))
     report.log_warnings()
+    if repeated:
+        logger.warning(
+            "%s: %d repeated (user, item) interactions removed (the first of "
+            "each is kept)",
+            txt,
+            repeated,
+        )
     txt_ids = {item for _, item in pairs}
 
     id_to_raw: dict[str, str] = {}
+    several: dict[str, list[str]] = {}
     if item2id_path.is_file():
-        id_to_raw = orient_item2id(
+        id_to_raw, several = orient_item2id(
             _as_mapping(
                 load_pickle(item2id_path, trust_pickles),
                 item2id_path,
@@ -469,6 +522,8 @@ def convert_authors_archive(
             "timestamp_unit": "synthetic: position of the interaction in the txt",
         },
         "filtering": {
+            "repeated_pairs_removed": repeated,
+            "ids_with_several_raw_keys": len(several),
             "items_without_title": without_title,
             "items_without_image": without_image,
             "images_not_decodable": len(image_failures),
