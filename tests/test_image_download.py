@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from recbole_perpeft.data.preparation import download_images
+from recbole_perpeft.data.preparation import PreparationError, download_images
 from recbole_perpeft.data.preparation.cli import main
 from recbole_perpeft.data.preparation.image_download import (
     download_one,
@@ -147,7 +147,10 @@ def test_download_outcomes_and_resume(tmp_path: Path, prep_image_server: str) ->
     assert failed["missing"] == "HTTP 404"
     assert "truncated body" in failed["short"]
     assert "not a decodable image" in failed["cut"]
-    assert "text/html" in failed["html"]
+    assert failed["html"] == (
+        "not a decodable image: not in a known image format (text/html, 33 bytes)"
+    )
+    assert not any("0x" in reason for reason in failed.values())
     assert _Handler.hits["/flaky.jpg"] == 2
     assert _Handler.hits["/missing.jpg"] == 1  # a 404 is not retried
 
@@ -277,3 +280,48 @@ def test_ctrl_c_cancels_pending_downloads(
         "downloaded 10, skipped (already there) 3, failed 0"
     )
     assert _slow_hits() == 12
+
+
+def test_images_tsv_header_and_bad_lines(
+    tmp_path: Path, prep_image_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    tsv = folder / "images.tsv"
+    good = f"{prep_image_server}/good.jpg"
+    tsv.write_text(f"A\t{good}\nB\t{good}\n", encoding="utf-8")
+    with pytest.raises(
+        PreparationError,
+        match=r"first line must be the header 'item_id\\turl' .*got 'A\\t",
+    ):
+        download_images(folder, progress=False)
+    tsv.write_text("", encoding="utf-8")
+    with pytest.raises(PreparationError, match="got an empty file"):
+        download_images(folder, progress=False)
+    assert main(["download-images", str(folder), "--no-progress"]) == 2
+    assert "must be the header" in capsys.readouterr().err
+    assert not (folder / "images").exists()
+
+    lines = [
+        "item_id\turl",
+        f"A\t{good}",
+        f"B {good}",  # 3: a space, not a tab
+        "",  # blank: ignored
+        "C",  # 5: no tab
+        f"\t{good}",  # 6: no item id
+        "D\t",  # 7: no url
+        f"E\t{good}",
+    ]
+    tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = download_images(folder, timeout=5, progress=False)
+    assert (summary.downloaded, summary.failed) == (2, 0)
+    assert summary.bad_lines.count == 4
+    assert summary.bad_lines.first_lines == [3, 5, 6, 7]
+    assert summary.line() == (
+        "downloaded 2, skipped (already there) 0, failed 0, "
+        "bad lines in images.tsv 4"
+    )
+    assert sorted(p.name for p in (folder / "images").iterdir()) == [
+        "A.jpg",
+        "E.jpg",
+    ]

@@ -525,3 +525,28 @@ def test_cli_prints_the_table_row(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("| dataset | users | items | avg. seq. length |")
     assert lines[1].startswith("| toy | 2 | 2 | 2.00 |")
+
+
+def test_out_dot_is_named_after_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reviews, meta = _raw(tmp_path)
+    args = ["amazon2023", "--reviews", str(reviews), "--meta", str(meta)]
+    args += ["--min-user", "2", "--min-item", "2", "--out", "."]
+    bad = tmp_path / "bad name"
+    bad.mkdir()
+    monkeypatch.chdir(bad)
+    assert main(args) == 2
+    assert "got 'bad name'" in capsys.readouterr().err
+    good = tmp_path / "toy"
+    good.mkdir()
+    monkeypatch.chdir(good)
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("| toy | 2 | 2 |")
+    assert (good / "toy.inter").read_text(encoding="utf-8") == EXPECTED_INTER
+    assert _leftovers(good) == [] and _leftovers(tmp_path) == []
+
+    # --out . with the inputs in it is refused
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--overwrite"]) == 2
+    assert f"lies inside --out {str(tmp_path)!r}" in capsys.readouterr().err

@@ -238,7 +238,11 @@ def test_images_that_do_not_decode_are_left_out(
         ("B00A", "10.jpg"),
         ("B00B", "11.jpg"),
     ]
-    assert all(f["reason"].startswith("not a decodable image") for f in failures)
+    assert failures[0]["reason"] == (
+        "not a decodable image: not in a known image format"
+    )
+    assert failures[1]["reason"].startswith("not a decodable image: ")
+    assert "0x" not in failures[1]["reason"]
     warnings = [r.getMessage() for r in caplog.records]
     warning = next(w for w in warnings if "do not decode and are left out" in w)
     assert warning.startswith(f"2 images in {archive / 'toy_images'} do not")
@@ -277,3 +281,20 @@ def test_repeated_pairs_and_several_raw_keys(
         "toy_item2id_final.pickle: 2 item ids of the txt have more than one raw "
         "key; the first is used: 10: B00A, B00X; 11: B00B, B00Y, B00Z"
     ) in warnings
+
+
+def test_out_dot_is_named_after_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = _archive(tmp_path)
+    bad = tmp_path / "bad name"
+    bad.mkdir()
+    monkeypatch.chdir(bad)
+    assert main(["authors-archive", "--archive", str(archive), "--out", "."]) == 2
+    assert "got 'bad name'" in capsys.readouterr().err
+    good = tmp_path / "toy"
+    good.mkdir()
+    monkeypatch.chdir(good)
+    assert main(["authors-archive", "--archive", str(archive), "--out", "."]) == 0
+    assert (good / "toy.inter").read_text(encoding="utf-8") == EXPECTED_INTER
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive", "bad name", "toy"]

@@ -20,6 +20,7 @@ import http.client
 import io
 import logging
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -32,11 +33,13 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from recbole_perpeft.data.preparation.atomic import (
     FAILED_HEADER,
+    IMAGES_HEADER,
+    LineIssues,
     PreparationError,
     check_token,
     write_tsv,
@@ -58,6 +61,7 @@ URL_EXT = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gi
 KNOWN_EXTS = ("jpg", "png", "webp", "gif", "bmp", "tif")
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "recbole-perpeft-image-download/0.1"
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 class _Permanent(Exception):
@@ -77,23 +81,30 @@ class DownloadSummary:
         skipped (int): Images already present and decodable.
         failed (int): Images that could not be fetched; see ``failures``.
         failures (list[tuple[str, str, str]]): ``(item_id, url, reason)``.
+        bad_lines (LineIssues): Lines of ``images.tsv`` that were not
+            ``item_id<TAB>url`` with both set; skipped.
     """
 
     downloaded: int = 0
     skipped: int = 0
     failed: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
+    bad_lines: LineIssues = field(default_factory=LineIssues)
 
     def line(self) -> str:
         """Format the summary as one line.
 
         Returns:
-            str: For example ``"downloaded 10, skipped 2, failed 1"``.
+            str: For example ``"downloaded 10, skipped (already there) 2, failed
+            1"``, followed by ``", bad lines in images.tsv N"`` if there were any.
         """
-        return (
+        text = (
             f"downloaded {self.downloaded}, skipped (already there) {self.skipped}, "
             f"failed {self.failed}"
         )
+        if self.bad_lines.count:
+            text += f", bad lines in images.tsv {self.bad_lines.count}"
+        return text
 
 
 class DownloadInterrupted(KeyboardInterrupt):
@@ -132,33 +143,55 @@ class DownloadInterrupted(KeyboardInterrupt):
         )
 
 
-def read_images_tsv(path: Path) -> list[tuple[str, str]]:
+def read_images_tsv(
+    path: Path, bad_lines: LineIssues | None = None
+) -> list[tuple[str, str]]:
     """Read ``images.tsv`` (``item_id<TAB>url`` with a header line).
 
-    Repeated item ids keep their first URL; rows without a URL are ignored.
+    Repeated item ids keep their first URL. Blank lines are ignored; lines
+    without a tab, or with an empty item id or URL, are skipped and counted
+    in ``bad_lines``.
 
     Args:
         path (Path): The file.
+        bad_lines (LineIssues | None): Filled in with the skipped lines.
 
     Returns:
         list[tuple[str, str]]: ``(item_id, url)`` pairs in file order.
 
     Raises:
-        PreparationError: If the file does not exist.
+        PreparationError: If the file does not exist, or its first line is not
+            the header ``item_id<TAB>url``.
     """
     if not path.is_file():
         raise PreparationError(
-            f"{str(path)!r} does not exist; run the amazon2023 or authors-archive "
-            "step first"
+            f"{str(path)!r} does not exist; run the amazon2023 step first (or "
+            "write it: a header line item_id<TAB>url, then one line per item)"
         )
+    bad_lines = bad_lines if bad_lines is not None else LineIssues()
     seen: dict[str, str] = {}
-    with open(path, encoding="utf-8", newline="") as handle:
-        for number, row in enumerate(csv.reader(handle, delimiter="\t"), start=1):
-            if number == 1 and row[:2] == ["item_id", "url"]:
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        header = next(reader, None)
+        if header != list(IMAGES_HEADER):
+            got = "an empty file" if header is None else repr("\t".join(header))
+            raise PreparationError(
+                f"{str(path)!r}: the first line must be the header "
+                f"'item_id\\turl' (tab-separated); got {got}"
+            )
+        for row in reader:
+            if not row:
                 continue
             if len(row) < 2 or not row[0] or not row[1]:
+                bad_lines.add(reader.line_num)
                 continue
             seen.setdefault(row[0], row[1])
+    if bad_lines.count:
+        logger.warning(
+            "%s: lines that are not item_id<TAB>url skipped: %s",
+            path,
+            bad_lines.describe(),
+        )
     return list(seen.items())
 
 
@@ -195,8 +228,11 @@ def check_image_bytes(data: bytes) -> str | None:
             image.verify()
         with Image.open(io.BytesIO(data)) as image:
             image.load()
+    except UnidentifiedImageError:
+        return "not a decodable image: not in a known image format"
     except Exception as exc:  # PIL raises many types for bad data
-        return f"not a decodable image: {type(exc).__name__}: {exc}"
+        text = _OBJECT_REPR.sub("", str(exc)).strip()
+        return f"not a decodable image: {type(exc).__name__}: {text}"
     return None
 
 
@@ -399,7 +435,7 @@ def download_images(
 
     Raises:
         ValueError: On an option value out of range.
-        PreparationError: If ``images.tsv`` is missing.
+        PreparationError: If ``images.tsv`` is missing or has no header line.
         DownloadInterrupted: On Ctrl-C, once the downloads in progress have
             ended; ``images_failed.tsv`` is then left as it was.
     """
@@ -412,10 +448,10 @@ def download_images(
     if not backoff >= 0:
         raise ValueError(f"--backoff must be a number of seconds >= 0, got {backoff!r}")
     dataset_dir = Path(dataset_dir)
-    entries = read_images_tsv(dataset_dir / "images.tsv")
+    summary = DownloadSummary()
+    entries = read_images_tsv(dataset_dir / "images.tsv", summary.bad_lines)
     images_dir = dataset_dir / "images"
     images_dir.mkdir(exist_ok=True)
-    summary = DownloadSummary()
     stop = threading.Event()
     futures: dict[Future[tuple[str, str]], tuple[str, str]] = {}
     counted: set[Future[tuple[str, str]]] = set()
