@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every figure of the README's result tables, one run after another (runs in
 # parallel would share the 2 cores and distort the times). About 1.5 h on a
-# 2-core CPU. CSVs go to benchmarks/results/, the markdown tables to stdout.
+# 2-core CPU; ML100K_MODELS=... picks the ml-100k models of the first table. CSVs go to benchmarks/results/, the markdown tables to stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEFAULT=properties/quick_start_config/default_run.yaml
@@ -15,6 +15,11 @@ python benchmarks/compare_models.py --dataset synthetic --config_files $SYNTH \
     --models FrozenMM GlobalPEFT PerPEFT
 python benchmarks/compare_models.py --dataset synthetic --config_files $SYNTH \
     --models PerPEFT --set grouping=random --tag random-groups
+# GlobalPEFT trained as long as PerPEFT's two stages together
+python benchmarks/compare_models.py --dataset synthetic --config_files $SYNTH \
+    --models GlobalPEFT --set epochs=20 --tag same-epochs
+python benchmarks/compare_models.py --dataset ml-100k --config_files $DEFAULT \
+    --models GlobalPEFT --set epochs=6 --tag same-epochs
 # PEFT kinds (LoRA is the runs above)
 for kind in ia3 iisan; do
     python benchmarks/compare_models.py --dataset synthetic --config_files $SYNTH \
