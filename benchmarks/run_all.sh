@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every figure of the README's result tables, one run after another (runs in
 # parallel would share the 2 cores and distort the times). About 1.5 h on a
-# 2-core CPU; ML100K_MODELS=... picks the ml-100k models of the first table. CSVs go to benchmarks/results/, the markdown tables to stdout.
+# 2-core CPU. CSVs go to benchmarks/results/, the markdown tables to stdout;
+# ML100K_MODELS="..." narrows the models of the first ml-100k comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEFAULT=properties/quick_start_config/default_run.yaml
