@@ -26,14 +26,16 @@ ENCODERS = {
 }
 
 
+@pytest.mark.parametrize("peft_type", ["lora", "iisan"])
 @pytest.mark.parametrize("kind", list(ENCODERS))
-def test_perpeft_with_a_tiny_random_clip(tmp_path, kind):
+def test_perpeft_with_a_tiny_random_clip(tmp_path, kind, peft_type):
     make_synthetic_dataset(
         tmp_path / "synthetic", n_items=60, n_users=40, seq_len=(6, 9), image_size=32
     )
     cache = tmp_path / "content_cache"
     config_dict = {
         **ENCODERS[kind],
+        "peft_type": peft_type,
         "data_path": str(tmp_path),
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         "text_fields": ["title"],
@@ -55,6 +57,11 @@ def test_perpeft_with_a_tiny_random_clip(tmp_path, kind):
     assert result["test_result"]
     for metric, value in result["test_result"].items():
         assert math.isfinite(value) and 0.0 <= value <= 1.0, (metric, value)
-    stores = os.listdir(cache)
-    assert stores == ["synthetic-images-32"]
-    assert any(name.endswith(".npy") for name in os.listdir(cache / stores[0]))
+    stores = sorted(os.listdir(cache))
+    # IISAN adds the frozen encoder's layer states of both towers
+    expected = sorted(["synthetic-images-32"] + (["synthetic-iisan"] if peft_type == "iisan" else []))
+    assert stores == expected
+    for store in stores:
+        assert any(name.endswith(".npy") for name in os.listdir(cache / store))
+    if peft_type == "iisan":
+        assert sorted(os.listdir(cache / "synthetic-iisan")) == ["image.npy", "meta.json", "text.npy"]

@@ -262,6 +262,12 @@ class HFCLIPEncoder(ItemEncoder):
         return F.normalize(_features(output), dim=-1)
 
     # ---- hidden states for side networks ------------------------------------
+    def layer_count(self, modality: str) -> int:
+        """Encoder layers of ``modality``'s tower (layer states run 0..this)."""
+        config = self.backbone.config
+        tower = config.vision_config if modality == "image" else config.text_config
+        return int(tower.num_hidden_layers)
+
     def layer_states(
         self, batch: ContentBatch, layers: list[int]
     ) -> dict[str, torch.Tensor]:

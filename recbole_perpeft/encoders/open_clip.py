@@ -334,6 +334,10 @@ class OpenCLIPEncoder(ItemEncoder):
         return F.normalize(features, dim=-1)
 
     # ---- hidden states for side networks ------------------------------------
+    def layer_count(self, modality: str) -> int:
+        """Residual blocks of ``modality``'s tower (layer states run 0..this)."""
+        return len(self._blocks(modality)[1])
+
     def _blocks(self, modality: str) -> tuple[nn.Module, list[nn.Module]]:
         model = self.backbone
         if modality == "image":
