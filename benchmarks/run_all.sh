@@ -13,7 +13,7 @@ python benchmarks/compare_models.py --dataset ml-100k --config_files $DEFAULT \
     --models ${ML100K_MODELS:-SASRec FrozenMM GlobalPEFT PerPEFT}
 # synthetic (images + titles, RANDOM tiny CLIP): the images issue's comparison
 python benchmarks/compare_models.py --dataset synthetic --config_files $SYNTH \
-    --models FrozenMM GlobalPEFT PerPEFT
+    --models SASRec FrozenMM GlobalPEFT PerPEFT
 python benchmarks/compare_models.py --dataset synthetic --config_files $SYNTH \
     --models PerPEFT --set grouping=random --tag random-groups
 # GlobalPEFT trained as long as PerPEFT's two stages together
