@@ -307,5 +307,12 @@ def test_find_item_images(tmp_path: Path) -> None:
         str(other),
     ]
     assert find_item_images(tmp_path, ["a"], None) == [None]
+    # the other formats download-images may save are found too, after the main four
+    for name in ["g.gif", "h.bmp", "i.tif", "i.png"]:
+        (img_dir / name).write_bytes(b"x")
+    assert find_item_images(tmp_path, ["g", "h", "i"], "images") == [
+        os.path.join(str(tmp_path), "images", name)
+        for name in ("g.gif", "h.bmp", "i.png")
+    ]
     with pytest.raises(ValueError, match="image_column_values"):
         find_item_images(tmp_path, ["a", "b"], "images", [None])

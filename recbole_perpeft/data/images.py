@@ -54,8 +54,18 @@ REASONS: tuple[str, ...] = (
 #: Largest number of pixels an image may decode to (after JPEG draft scaling).
 MAX_DECODED_PIXELS: int = 50_000_000
 
-#: File extensions tried, in this order, when looking for ``<raw_id>.<ext>``.
-IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+#: File extensions tried, in this order, when looking for ``<raw_id>.<ext>``;
+#: the last four are those ``download-images`` may also save.
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    "jpg",
+    "jpeg",
+    "png",
+    "webp",
+    "gif",
+    "bmp",
+    "tif",
+    "tiff",
+)
 
 #: RecBole's padding token; never has an image.
 PADDING_TOKEN = "[PAD]"
