@@ -61,33 +61,13 @@ class UserSequences:
             [uid for uid, h in enumerate(self.histories) if len(h) >= 2], dtype=np.int64
         )
 
-    def training_examples(self, max_len: int) -> tuple[np.ndarray, ...]:
-        """Inputs, targets and lengths of each training user, left-aligned.
-
-        Returns:
-            tuple[np.ndarray, ...]: ``inputs`` [U, max_len], ``targets`` [U, max_len],
-            ``lengths`` [U], for the users of :attr:`train_users` in that order.
-        """
-        n = len(self.train_users)
-        inputs = np.zeros((n, max_len), dtype=np.int64)
-        targets = np.zeros((n, max_len), dtype=np.int64)
-        lengths = np.zeros(n, dtype=np.int64)
-        for row, uid in enumerate(self.train_users):
-            history = self.histories[uid]
-            seq_in, seq_out = history[:-1][-max_len:], history[1:][-max_len:]
-            inputs[row, : len(seq_in)] = seq_in
-            targets[row, : len(seq_out)] = seq_out
-            lengths[row] = len(seq_in)
-        return inputs, targets, lengths
-
-    def random_windows(
-        self, users: np.ndarray, max_len: int, rng: np.random.Generator
+    def windows(
+        self, users: np.ndarray, ends: np.ndarray, max_len: int
     ) -> tuple[np.ndarray, ...]:
-        """Inputs, targets and lengths of one random window of each user's history.
+        """Inputs, targets and lengths of one window per user, left-aligned.
 
-        The window ends (its last target) at a uniformly drawn position of the
-        history, from the second item to the last, and holds up to ``max_len``
-        inputs before it.
+        The window of ``users[i]`` ends (its last target) at history position
+        ``ends[i] - 1`` and holds up to ``max_len`` inputs before it.
 
         Returns:
             tuple[np.ndarray, ...]: ``inputs`` [U, max_len], ``targets``
@@ -97,14 +77,25 @@ class UserSequences:
         inputs = np.zeros((n, max_len), dtype=np.int64)
         targets = np.zeros((n, max_len), dtype=np.int64)
         lengths = np.zeros(n, dtype=np.int64)
-        for row, uid in enumerate(users):
-            history = self.histories[uid]
-            end = int(rng.integers(2, len(history) + 1))  # one past the last target
-            window = history[max(0, end - max_len - 1) : end]
+        for row, (uid, end) in enumerate(zip(users, ends)):
+            window = self.histories[uid][max(0, end - max_len - 1) : end]
             inputs[row, : len(window) - 1] = window[:-1]
             targets[row, : len(window) - 1] = window[1:]
             lengths[row] = len(window) - 1
         return inputs, targets, lengths
+
+    def training_examples(self, max_len: int) -> tuple[np.ndarray, ...]:
+        """The last window of each user of :attr:`train_users` (see :meth:`windows`)."""
+        ends = np.array([len(self.histories[uid]) for uid in self.train_users])
+        return self.windows(self.train_users, ends, max_len)
+
+    def random_windows(
+        self, users: np.ndarray, max_len: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, ...]:
+        """One window of each user's history ending at a uniformly drawn position,
+        from the second item to the last (see :meth:`windows`)."""
+        ends = [int(rng.integers(2, len(self.histories[uid]) + 1)) for uid in users]
+        return self.windows(users, np.array(ends, dtype=np.int64), max_len)
 
     def full_sequences(self, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """The last ``max_len`` training items of each training user (for grouping).
