@@ -101,6 +101,8 @@ class MultimodalSASRec(SequentialRecommender):
         self._catalogue_cache: dict[int, torch.Tensor] = {}
         # FrozenMM: the frozen encoder's output, computed once on first use
         self._frozen_features: dict[str, torch.Tensor] | None = None
+        # distinct items encoded by training steps so far (for throughput figures)
+        self.encoded_items = 0
 
     # ---- to override --------------------------------------------------------
     def n_modules(self, config, dataset) -> int:
@@ -276,6 +278,7 @@ class MultimodalSASRec(SequentialRecommender):
         negatives = interaction[UserSequenceLoader.NEG_SEQ]  # [B, L]
         all_ids = torch.cat([item_seq, targets, negatives])
         unique_ids, inverse = torch.unique(all_ids, return_inverse=True)
+        self.encoded_items += int((unique_ids != 0).sum())
         vectors = self.item_vectors(unique_ids, module)[inverse]  # [3B, L, H]
         seq_emb, pos_emb, neg_emb = vectors.chunk(3)
         output = self.encode_sequences(item_seq, seq_emb)  # [B, L, H]

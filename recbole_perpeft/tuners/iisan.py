@@ -518,9 +518,14 @@ class IISANBank(GroupModuleBank):
         """Side-network outputs of the active group for ``item_ids``; reads the cache only."""
         if self._states is None:
             self.prepare(content)
+        return self.modules_[self.active](self.read_states(item_ids, device))
+
+    def read_states(
+        self, item_ids: torch.Tensor, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        """Cached layer states ``{m: [N, n_layers, D_m]}`` of ``item_ids``, as float32."""
         ids = item_ids.cpu().numpy()
-        states = {
+        return {
             m: torch.from_numpy(np.asarray(s[ids], dtype=np.float32)).to(device)
             for m, s in self._states.items()
         }
-        return self.modules_[self.active](states)
