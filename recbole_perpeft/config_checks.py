@@ -108,6 +108,7 @@ CONSTRAINTS = {
     "MAX_ITEM_LIST_LENGTH": IntRange(1),
     "train_batch_size": IntRange(1),
     "train_window": OneOf(("last", "random")),
+    "cache_frozen_layers": IsBool(),
     "epochs": IntRange(0),
     "peft_config": OptionalDict(),
     "n_groups": IntRange(1),

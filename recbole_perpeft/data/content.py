@@ -86,9 +86,10 @@ class ItemContent:
         lengths = self.text_lengths[item_ids.cpu()]
         return torch.sort(lengths, stable=True).indices
 
-    def gather(self, item_ids: torch.Tensor) -> ContentBatch:
+    def gather(self, item_ids: torch.Tensor, images: bool = True) -> ContentBatch:
         """Content of ``item_ids`` (a 1-D tensor of internal ids), text padded
-        only to the longest text among them."""
+        only to the longest text among them; ``images=False`` leaves the pixels
+        out (None) for encoders that start from cached states."""
         ids = item_ids.cpu()
         input_ids = attention_mask = pixels = None
         if self.input_ids is not None:
@@ -97,7 +98,7 @@ class ItemContent:
             input_ids = self.input_ids[ids, :longest]
             positions = torch.arange(longest)
             attention_mask = (positions[None, :] < lengths[:, None]).long()
-        if self.image_store is not None:
+        if self.image_store is not None and images:
             pixels = self.image_store.gather(ids)
         return ContentBatch(
             input_ids, attention_mask, self.has_text[ids], pixels, self.has_image[ids]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -30,6 +31,9 @@ class ItemEncoder(nn.Module):
     TARGET_PATTERNS: dict[str, str] = {}
     # Canonical names that only LoRA-like methods can wrap on this backbone.
     LORA_ONLY_TARGETS: frozenset[str] = frozenset()
+    # Regex of the container of a tower's blocks in module names: the modules of
+    # block i are named ``...<BLOCK_PREFIX>.<i>.<...>``.
+    BLOCK_PREFIX: str = r"layers"
 
     def __init__(self, modalities: list[str]) -> None:
         super().__init__()
@@ -74,7 +78,45 @@ class ItemEncoder(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} does not expose layer states")
 
+    def hidden_before_block(
+        self, batch: ContentBatch, modality: str, block: int
+    ) -> torch.Tensor:
+        """Token states [N, T, D] that enter block ``block`` of ``modality``'s tower
+        (block 0: the embedding output), for :class:`LowerLayerCache`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot run its towers from a middle block"
+        )
+
+    def encode_from_block(
+        self, hidden: torch.Tensor, batch: ContentBatch, modality: str, block: int
+    ) -> torch.Tensor:
+        """The embedding [N, D_m] of ``modality`` computed from the states ``hidden``
+        that enter block ``block``: blocks ``block``.. only, then pooling and
+        projection as in :meth:`forward`. ``batch`` supplies the text masks (its
+        pixels are not read)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot run its towers from a middle block"
+        )
+
     # ---- shared -------------------------------------------------------------
+    def module_modality(self, name: str) -> str:
+        """The modality of the tower that holds the backbone module ``name``."""
+        return self.modalities[0]
+
+    def block_of(self, name: str) -> tuple[str, int] | None:
+        """(modality, block index) of the backbone module ``name``, None outside
+        the towers' blocks."""
+        match = re.search(rf"(?:^|\.){self.BLOCK_PREFIX}\.(\d+)(?:\.|$)", name)
+        if match is None:
+            return None
+        return self.module_modality(name), int(match.group(1))
+
+    def block_lookahead(self, blocks: list[int]) -> str:
+        """A regex prefix that lets a ``target_modules`` regex match only
+        modules inside the given blocks (peft's ``layers_to_transform``)."""
+        indices = "|".join(str(b) for b in sorted(set(blocks)))
+        return rf"(?=(?:.*\.)?{self.BLOCK_PREFIX}\.(?:{indices})\.)"
+
     @property
     def output_dim(self) -> int:
         dims = self.modality_dims
@@ -114,6 +156,50 @@ class ItemEncoder(nn.Module):
             for name, p in self.backbone.named_parameters()
             if not _is_adapter_parameter(name)
         )
+
+
+class _Given(nn.Module):
+    """Stands in for an embedding layer: returns the given states, whatever the input."""
+
+    def __init__(self, hidden: torch.Tensor) -> None:
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.hidden
+
+
+@contextmanager
+def run_from_block(
+    tower: nn.Module,
+    embeddings: str,
+    blocks_owner: nn.Module,
+    blocks: str,
+    hidden: torch.Tensor,
+    first: int,
+    skip: tuple[str, ...] = (),
+):
+    """Within the block, ``tower``'s forward starts at block ``first`` from ``hidden``.
+
+    The embedding layer ``tower.<embeddings>`` is replaced by one that returns
+    ``hidden``, ``blocks_owner.<blocks>`` by its blocks ``first``.. (the same
+    module objects, adapters included), and the modules named in ``skip`` (e.g.
+    a LayerNorm already applied before block 0) by identities. Everything is
+    restored on exit. The tower's own forward still builds its masks and pools,
+    so nothing of transformers' internals is re-implemented here.
+    """
+    originals = {name: getattr(tower, name) for name in (embeddings, *skip)}
+    all_blocks = getattr(blocks_owner, blocks)
+    try:
+        setattr(tower, embeddings, _Given(hidden))
+        for name in skip:
+            setattr(tower, name, nn.Identity())
+        setattr(blocks_owner, blocks, nn.ModuleList(list(all_blocks)[first:]))
+        yield
+    finally:
+        setattr(blocks_owner, blocks, all_blocks)
+        for name, module in originals.items():
+            setattr(tower, name, module)
 
 
 _ADAPTER_MARK = re.compile(r"(^|\.)(lora_|ia3_|hada_|lokr_|vera_|boft_|oft_|ranknum|lora_magnitude)")

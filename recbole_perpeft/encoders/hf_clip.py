@@ -47,7 +47,11 @@ import torch
 import torch.nn.functional as F
 
 from recbole_perpeft.data.content import ContentBatch
-from recbole_perpeft.encoders.base import ItemEncoder, resolve_local_path
+from recbole_perpeft.encoders.base import (
+    ItemEncoder,
+    resolve_local_path,
+    run_from_block,
+)
 
 logger = getLogger(__name__)
 
@@ -149,6 +153,7 @@ class HFCLIPEncoder(ItemEncoder):
         name: rf"(?:{'|'.join(_TOWERS.values())})\.encoder\.layers\.\d+\.{suffix}"
         for name, suffix in _SUFFIXES.items()
     }
+    BLOCK_PREFIX = r"encoder\.layers"
 
     def __init__(
         self,
@@ -260,6 +265,49 @@ class HFCLIPEncoder(ItemEncoder):
             pixel_values=self._pixel_values(pixels)
         )
         return F.normalize(_features(output), dim=-1)
+
+    # ---- running a tower from a middle block (cached lower layers) -----------
+    def module_modality(self, name: str) -> str:
+        return "image" if name.startswith("vision_model.") else "text"
+
+    def hidden_before_block(
+        self, batch: ContentBatch, modality: str, block: int
+    ) -> torch.Tensor:
+        """Token states entering block ``block`` (block 0: the embedding output,
+        after the vision tower's pre-LayerNorm)."""
+        if modality == "image":
+            return self.backbone.vision_model(
+                pixel_values=self._pixel_values(batch.pixels),
+                output_hidden_states=True,
+            ).hidden_states[block]
+        return self.backbone.text_model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            output_hidden_states=True,
+        ).hidden_states[block]
+
+    def encode_from_block(
+        self, hidden: torch.Tensor, batch: ContentBatch, modality: str, block: int
+    ) -> torch.Tensor:
+        if modality == "image":
+            tower = self.backbone.vision_model
+            # the tower checks that pixels are given; the stand-in ignores them
+            with run_from_block(
+                tower, "embeddings", tower.encoder, "layers", hidden, block,
+                skip=("pre_layrnorm",),
+            ):
+                pooled = tower(pixel_values=hidden).pooler_output
+            features = self.backbone.visual_projection(pooled)
+        else:
+            tower = self.backbone.text_model
+            with run_from_block(
+                tower, "embeddings", tower.encoder, "layers", hidden, block
+            ):
+                pooled = tower(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask
+                ).pooler_output
+            features = self.backbone.text_projection(pooled)
+        return F.normalize(features, dim=-1)
 
     # ---- hidden states for side networks ------------------------------------
     def layer_count(self, modality: str) -> int:

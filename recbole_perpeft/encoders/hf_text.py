@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from recbole_perpeft.data.content import ContentBatch
-from recbole_perpeft.encoders.base import ItemEncoder, resolve_local_path
+from recbole_perpeft.encoders.base import (
+    ItemEncoder,
+    resolve_local_path,
+    run_from_block,
+)
 
 logger = getLogger(__name__)
 
@@ -52,6 +56,7 @@ class HFTextEncoder(ItemEncoder):
         "fc1": r".*\.intermediate\.dense",
         "fc2": r".*\.layer\.\d+\.output\.dense",
     }
+    BLOCK_PREFIX = r"encoder\.layer"
 
     def __init__(
         self,
@@ -106,10 +111,36 @@ class HFTextEncoder(ItemEncoder):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        hidden = hidden.last_hidden_state  # [N, T, D]
+        return self._pool(hidden.last_hidden_state, attention_mask)
+
+    @staticmethod
+    def _pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """L2-normalised mean of ``hidden`` [N, T, D] over real tokens."""
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         return F.normalize(pooled, dim=-1)
+
+    def hidden_before_block(
+        self, batch: ContentBatch, modality: str, block: int
+    ) -> torch.Tensor:
+        output = self.backbone(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            output_hidden_states=True,
+        )
+        return output.hidden_states[block]
+
+    def encode_from_block(
+        self, hidden: torch.Tensor, batch: ContentBatch, modality: str, block: int
+    ) -> torch.Tensor:
+        backbone = self.backbone
+        with run_from_block(
+            backbone, "embeddings", backbone.encoder, "layer", hidden, block
+        ):
+            output = backbone(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask
+            )
+        return self._pool(output.last_hidden_state, batch.attention_mask)
 
     def layer_count(self, modality: str) -> int:
         """Transformer blocks of the text tower (layer states run 0..this)."""

@@ -188,6 +188,10 @@ class OpenCLIPEncoder(ItemEncoder):
         "fc2": r".*resblocks\.\d+\.mlp\.c_proj",
     }
     LORA_ONLY_TARGETS = frozenset({"q_proj", "k_proj", "v_proj", "out_proj"})
+    BLOCK_PREFIX = r"resblocks"
+
+    def module_modality(self, name: str) -> str:
+        return "image" if name.startswith("visual.") else "text"
 
     def __init__(
         self,

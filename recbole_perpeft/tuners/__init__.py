@@ -25,4 +25,14 @@ def build_bank(config, encoder: ItemEncoder, n_modules: int) -> GroupModuleBank:
         return IISANBank(config, encoder, n_modules, **kwargs)
     from recbole_perpeft.tuners.peft_library import PeftLibraryBank, build_peft_config
 
-    return PeftLibraryBank(encoder, build_peft_config(peft_type, kwargs, encoder), n_modules)
+    return PeftLibraryBank(
+        encoder,
+        build_peft_config(peft_type, kwargs, encoder),
+        n_modules,
+        cache_frozen_layers=bool(config["cache_frozen_layers"]),
+        build_options={
+            "batch_size": config["encode_batch_size"] or 256,
+            "device": config["device"] or "cpu",
+            "show_progress": bool(config["show_progress"]),
+        },
+    )

@@ -82,9 +82,17 @@ def build_peft_config(peft_type: str, kwargs: dict, encoder: ItemEncoder):
         )
     kwargs = dict(kwargs)
     canonical_targets = _names(kwargs.get("target_modules"))
+    blocks = _blocks(kwargs.pop("layers_to_transform", None))
+    kwargs.pop("layers_pattern", None)
     for field in ("target_modules", "feedforward_modules"):
         if field in kwargs and kwargs[field] is not None:
             kwargs[field] = encoder.target_regex(kwargs[field], key=field)
+    if blocks is not None and kwargs.get("target_modules") is not None:
+        # peft ignores layers_to_transform once target_modules is a regex, which
+        # the translation above makes it: the block filter goes into the regex.
+        kwargs["target_modules"] = (
+            encoder.block_lookahead(blocks) + f"(?:{kwargs['target_modules']})"
+        )
     lora_only = sorted(set(encoder.LORA_ONLY_TARGETS) & set(canonical_targets))
     if lora_only and key != "LORA":
         raise ValueError(
@@ -101,6 +109,23 @@ def build_peft_config(peft_type: str, kwargs: dict, encoder: ItemEncoder):
         ) from error
 
 
+def _blocks(value) -> list[int] | None:
+    """``layers_to_transform`` as a list of block indices (None: every block)."""
+    if value is None:
+        return None
+    values = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(values, (list, tuple))
+        or not values
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values)
+    ):
+        raise ValueError(
+            "`peft_config.layers_to_transform`: expected a block index >= 0 or a "
+            f"non-empty list of them, got {value!r}."
+        )
+    return sorted(set(values))
+
+
 def _names(value) -> list[str]:
     return [] if value is None or isinstance(value, str) else list(value)
 
@@ -112,10 +137,25 @@ class PeftLibraryBank(GroupModuleBank):
         encoder (ItemEncoder): its backbone gets the adapters, in place.
         peft_config (PeftConfig): one adapter's config.
         n_modules (int): number of adapters.
+        cache_frozen_layers (bool): run the frozen blocks below the adapters
+            once for the catalogue (:mod:`~recbole_perpeft.tuners.lower_layer_cache`).
+        build_options (dict | None): ``batch_size``, ``device`` and
+            ``show_progress`` of that one pass.
     """
 
-    def __init__(self, encoder: ItemEncoder, peft_config, n_modules: int) -> None:
+    def __init__(
+        self,
+        encoder: ItemEncoder,
+        peft_config,
+        n_modules: int,
+        cache_frozen_layers: bool = False,
+        build_options: dict | None = None,
+    ) -> None:
         super().__init__(n_modules)
+        self.cache_frozen_layers = cache_frozen_layers
+        self.build_options = {"batch_size": 256, "device": "cpu", "show_progress": False}
+        self.build_options.update(build_options or {})
+        self.lower_layers = None
         from peft import inject_adapter_in_model
 
         # The model owns the encoder; the bank keeps a plain reference so that the
@@ -136,6 +176,45 @@ class PeftLibraryBank(GroupModuleBank):
                 f"no module of {type(encoder).__name__}."
             )
         self.activate(0)
+
+    def prepare(self, content) -> None:
+        """With ``cache_frozen_layers``, run the blocks below the adapters once."""
+        if not self.cache_frozen_layers or self.lower_layers is not None:
+            return
+        from recbole_perpeft.tuners.lower_layer_cache import (
+            LowerLayerCache,
+            first_adapted_blocks,
+        )
+
+        encoder = self.encoder
+        if type(encoder).hidden_before_block is ItemEncoder.hidden_before_block:
+            raise ValueError(
+                f"`cache_frozen_layers`: {type(encoder).__name__} cannot run its "
+                "towers from a middle block; expected False, or encoder 'hf_text' "
+                "or 'hf_clip'."
+            )
+        first = first_adapted_blocks(encoder, self.wrapped_modules)
+        if not any(first.values()):
+            logger.warning(
+                "cache_frozen_layers: every tower has adapters from block 0 on, so "
+                "no frozen lower block can be cached; set "
+                "peft_config.layers_to_transform to the upper blocks to use it."
+            )
+            return
+        cache = LowerLayerCache(encoder, first)
+        device = next(encoder.parameters()).device
+        build_device = torch.device(self.build_options["device"])
+        encoder.to(build_device)
+        try:
+            cache.build(
+                content,
+                int(self.build_options["batch_size"]),
+                build_device,
+                bool(self.build_options["show_progress"]),
+            )
+        finally:
+            encoder.to(device)
+        self.lower_layers = cache
 
     def _tuner_layers(self) -> list[tuple[str, nn.Module]]:
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -193,4 +272,6 @@ class PeftLibraryBank(GroupModuleBank):
     def embed(
         self, item_ids: torch.Tensor, content, device: torch.device
     ) -> dict[str, torch.Tensor]:
+        if self.lower_layers is not None:
+            return self.lower_layers.embed(item_ids, content, device)
         return self.encoder(content.gather(item_ids).to(device))
