@@ -59,9 +59,10 @@ def test_perpeft_with_a_tiny_random_clip(tmp_path, kind, peft_type):
         assert math.isfinite(value) and 0.0 <= value <= 1.0, (metric, value)
     stores = sorted(os.listdir(cache))
     # IISAN adds the frozen encoder's layer states of both towers
-    expected = sorted(["synthetic-images-32"] + (["synthetic-iisan"] if peft_type == "iisan" else []))
-    assert stores == expected
+    assert stores[0] == "synthetic-images-32"
+    assert len(stores) == (2 if peft_type == "iisan" else 1)
     for store in stores:
         assert any(name.endswith(".npy") for name in os.listdir(cache / store))
     if peft_type == "iisan":
-        assert sorted(os.listdir(cache / "synthetic-iisan")) == ["image.npy", "meta.json", "text.npy"]
+        assert stores[1].startswith("synthetic-iisan-")
+        assert sorted(os.listdir(cache / stores[1])) == ["image.npy", "meta.json", "text.npy"]

@@ -416,16 +416,25 @@ class IISANBank(GroupModuleBank):
         self.side_dim = side_dim
         self.activation = activation
         self.cache_dtype = cache_dtype
-        self.cache_folder = os.path.join(
-            config["content_cache_dir"]
-            or os.path.join(config["checkpoint_dir"], "content_cache"),
-            f"{config['dataset']}-iisan",
-        )
         self.encoder_id = {
             "path": config["encoder_path"],
             "random_init": config["encoder_random_init"],
             "seed": config["seed"],
         }
+        # one folder per encoder and layer selection, so that runs that switch
+        # between encoders do not rebuild each other's states
+        variant = hashlib.sha256(
+            json.dumps(
+                [type(encoder).__name__, self.encoder_id, encoder.modalities, self.layers],
+                sort_keys=True,
+                default=str,
+            ).encode()
+        ).hexdigest()[:10]
+        self.cache_folder = os.path.join(
+            config["content_cache_dir"]
+            or os.path.join(config["checkpoint_dir"], "content_cache"),
+            f"{config['dataset']}-iisan-{variant}",
+        )
         self.batch_size = int(config["encode_batch_size"] or 256)
         self.build_device = config["device"] or "cpu"
         self.show_progress = bool(config["show_progress"])
