@@ -50,7 +50,8 @@ class PerPEFTTrainer(Trainer):
     def _valid_epoch(self, valid_data, show_progress=False):
         return self._timed("valid", super()._valid_epoch, valid_data, show_progress)
 
-    def _as_user_loader(self, train_data) -> UserSequenceLoader:
+    def user_loader(self, train_data) -> UserSequenceLoader:
+        """The per-user training loader of ``train_data`` (itself if it is one)."""
         if isinstance(train_data, UserSequenceLoader):
             return train_data
         return UserSequenceLoader(
@@ -95,7 +96,7 @@ class PerPEFTTrainer(Trainer):
         Returns:
             (float, dict): best valid score and result of the last stage.
         """
-        loader = self._as_user_loader(train_data)
+        loader = self.user_loader(train_data)
         model = self.model
         if not isinstance(model, PerPEFT):
             self._stage = "train"

@@ -113,14 +113,24 @@ class LowerLayerCache:
         states, running only the upper (adapted) blocks."""
         if not self.states:
             raise RuntimeError("LowerLayerCache.build(content, ...) must run first")
+        batch = content.gather(item_ids, images=False).to(device)
+        text_length = batch.input_ids.shape[1] if batch.input_ids is not None else None
+        states = self.read_states(item_ids, device, text_length)
+        return {
+            modality: self.encoder.encode_from_block(states[modality], batch, modality, block)
+            for modality, block in self.first_blocks.items()
+        }
+
+    def read_states(
+        self, item_ids: torch.Tensor, device: torch.device, text_length: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Cached states ``{modality: [N, T, D]}`` of ``item_ids``; text cut to
+        ``text_length`` tokens (the batch's longest)."""
         ids = item_ids.cpu()
-        batch = content.gather(ids, images=False).to(device)
         out = {}
-        for modality, block in self.first_blocks.items():
-            hidden = self.states[modality][ids]
-            if modality == "text":
-                hidden = hidden[:, : batch.input_ids.shape[1]]
-            out[modality] = self.encoder.encode_from_block(
-                hidden.to(device, non_blocking=True), batch, modality, block
-            )
+        for modality, states in self.states.items():
+            hidden = states[ids]
+            if modality == "text" and text_length is not None:
+                hidden = hidden[:, :text_length]
+            out[modality] = hidden.to(device, non_blocking=True)
         return out
