@@ -33,6 +33,14 @@ from recbole_perpeft.tuners.base import GroupModuleBank
 logger = getLogger(__name__)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class MultimodalSASRec(SequentialRecommender):
     """SASRec over item vectors that mix ID embeddings and encoder embeddings.
 
@@ -53,6 +61,15 @@ class MultimodalSASRec(SequentialRecommender):
         self.encode_batch_size = config["encode_batch_size"]
         self.text_length_buckets = config["text_length_buckets"]
         self.show_progress = config["show_progress"]
+        # RecBole's enable_amp autocasts training steps (bf16 on CPU, fp16 on
+        # CUDA); the catalogue encodings of evaluation follow it
+        self.enable_amp = bool(config["enable_amp"])
+        if self.enable_amp and self.device.type == "cpu" and not cpu_has_fast_bf16():
+            logger.warning(
+                "`enable_amp`: True autocasts to bf16 on the CPU, which this CPU has "
+                "no native bf16 kernels for; measured here it made a MiniLM training "
+                "step 30x slower. Set enable_amp: False on this machine."
+            )
         self.n_users = dataset.user_num
         self.initializer_range = config["initializer_range"]
         # Pretrained foundation weights are re-read from encoder_path on load;
@@ -193,10 +210,15 @@ class MultimodalSASRec(SequentialRecommender):
         chunks = ids.split(self.encode_batch_size)
         self.encoder.eval()
         for chunk in self._progress(chunks, "Encode items"):
-            raw = self.encoder(self.content.gather(chunk).to(self.device))
+            with self._autocast():
+                raw = self.encoder(self.content.gather(chunk).to(self.device))
             for modality, value in raw.items():
                 features[modality].append(value.float())
         return {m: torch.cat(v) for m, v in features.items()}
+
+    def _autocast(self):
+        """Mixed precision as RecBole's trainer uses it for training steps."""
+        return torch.autocast(device_type=self.device.type, enabled=self.enable_amp)
 
     def _progress(self, iterable, desc: str):
         if not self.show_progress:
@@ -208,14 +230,26 @@ class MultimodalSASRec(SequentialRecommender):
         """Vectors [n_items, H] of the whole catalogue for one module, computed once
         per evaluation (the cache is dropped when the model goes back to training)."""
         if module not in self._catalogue_cache:
-            ids = self.content.by_text_length(torch.arange(self.n_items))
-            chunks = ids.split(self.encode_batch_size)
             label = f"Encode g{module}" if len(self.projectors) > 1 else "Encode items"
-            parts = [self.item_vectors(chunk, module) for chunk in self._progress(chunks, label)]
-            table = torch.empty(self.n_items, self.hidden_size, device=self.device)
-            table[ids.to(self.device)] = torch.cat(parts)
-            self._catalogue_cache[module] = table
+            self._catalogue_cache[module] = self._encode_items(
+                torch.arange(self.n_items), module, label
+            )
         return self._catalogue_cache[module]
+
+    @torch.no_grad()
+    def _encode_items(self, item_ids: torch.Tensor, module: int, label: str) -> torch.Tensor:
+        """Vectors [N, H] of ``item_ids`` in encode_batch_size chunks of similar
+        text length, as float32 whatever the autocast."""
+        order = self.content.by_text_length(item_ids)
+        chunks = item_ids[order].split(self.encode_batch_size)
+        with self._autocast():
+            parts = [
+                self.item_vectors(chunk, module).float()
+                for chunk in self._progress(chunks, label)
+            ]
+        vectors = torch.empty(len(item_ids), self.hidden_size, device=self.device)
+        vectors[order.to(self.device)] = torch.cat(parts)
+        return vectors
 
     def train(self, mode: bool = True):
         if mode:
@@ -318,13 +352,24 @@ class MultimodalSASRec(SequentialRecommender):
 
     @torch.no_grad()
     def user_representations(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, module: int = 0) -> torch.Tensor:
-        """Final hidden states [U, H] of users' sequences with module ``module``."""
+        """Final hidden states [U, H] of users' sequences with module ``module``.
+
+        Only the items the sequences hold are encoded (once each), not the
+        whole catalogue, unless the catalogue's vectors are cached already.
+        """
         was_training = self.training
         self.eval()
+        if module in self._catalogue_cache:
+            items, table = item_seq, self._catalogue_cache[module]
+        else:
+            unique, inverse = torch.unique(item_seq, return_inverse=True)
+            items = inverse.view(item_seq.shape)
+            table = self._encode_items(unique, module, "Encode seqs")
         outputs = []
         for rows in torch.arange(len(item_seq)).split(self.encode_batch_size):
             seq = item_seq[rows].to(self.device)
-            outputs.append(self.forward(seq, item_seq_len[rows].to(self.device), module))
+            hidden = self.encode_sequences(seq, table[items[rows].to(self.device)])
+            outputs.append(self.gather_indexes(hidden, item_seq_len[rows].to(self.device) - 1))
         self.train(was_training)
         return torch.cat(outputs)
 
