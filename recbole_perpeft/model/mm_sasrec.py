@@ -331,17 +331,31 @@ class MultimodalSASRec(SequentialRecommender):
         return self.user_group[interaction[self.USER_ID].to(self.user_group.device)]
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
-        """Scores [B, n_items] of every item, each user with their group's module."""
+        """Scores [B, n_items] of every item, each user with their group's module.
+
+        The shared transformer runs once over the whole batch, each sequence
+        read through its group's catalogue vectors; then one matrix product per
+        group present in the batch.
+        """
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         groups = self._groups_of(interaction)
+        modules = torch.unique(groups).tolist()
+        tables = {module: self.catalogue_vectors(module) for module in modules}
+        if len(modules) == 1:
+            rows_of = {modules[0]: slice(None)}
+            seq_emb = tables[modules[0]][item_seq]
+        else:
+            rows_of = {m: (groups == m).nonzero(as_tuple=True)[0] for m in modules}
+            seq_emb = torch.empty(*item_seq.shape, self.hidden_size, device=item_seq.device)
+            for module, rows in rows_of.items():
+                seq_emb[rows] = tables[module][item_seq[rows]]
+        seq_output = self.gather_indexes(self.encode_sequences(item_seq, seq_emb), item_seq_len - 1)
+        if len(modules) == 1:
+            return seq_output @ tables[modules[0]].T
         scores = torch.empty(len(item_seq), self.n_items, device=item_seq.device)
-        for module in torch.unique(groups).tolist():
-            rows = (groups == module).nonzero(as_tuple=True)[0]
-            table = self.catalogue_vectors(module)
-            seq_output = self.encode_sequences(item_seq[rows], table[item_seq[rows]])
-            seq_output = self.gather_indexes(seq_output, item_seq_len[rows] - 1)
-            scores[rows] = seq_output @ table.T
+        for module, rows in rows_of.items():
+            scores[rows] = seq_output[rows] @ tables[module].T
         return scores
 
     def predict(self, interaction) -> torch.Tensor:
