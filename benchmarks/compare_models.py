@@ -15,12 +15,11 @@ versions.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import platform
 import statistics
 import time
 
+import bench_common as common
 from summarise import HEADER, table_row
 
 from recbole_perpeft.quick_start import build_config, train_and_test
@@ -29,16 +28,12 @@ MODELS = ["SASRec", "FrozenMM", "GlobalPEFT", "PerPEFT"]
 
 
 def versions() -> str:
-    import peft
-    import recbole
+    """Package versions, CPU, cores and torch's threads, one line."""
     import torch
-    import transformers
 
     return (
-        f"python {platform.python_version()}, torch {torch.__version__}, "
-        f"recbole {recbole.__version__}, transformers {transformers.__version__}, "
-        f"peft {peft.__version__}; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+        f"{common.versions_line(common.CORE_PACKAGES)}; {common.cpu_line()}, "
+        f"{torch.get_num_threads()} torch threads"
     )
 
 
@@ -78,9 +73,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    import yaml
-
-    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    overrides = common.parse_overrides(args.set)
     os.makedirs(args.out, exist_ok=True)
     suffix = f"_{args.tag}" if args.tag else ""
     path = os.path.join(args.out, f"compare_{args.dataset}{suffix}.csv")
@@ -107,10 +100,7 @@ def main() -> None:
                     "trainable_pct": _rounded(trainable_percent(trainer.model), 3),
                 }
             )
-            with open(path, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+            common.write_csv(path, rows, list(rows[0]))
 
     print(f"\n{args.dataset}, seeds {args.seeds}; {versions()}\n")
     print(HEADER)

@@ -77,15 +77,13 @@ measured at 1k, 10k (1, 4 and 16 groups) and 100k (1 group) items:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
+
+import bench_common as common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "benchmarks", "configs", "synthetic_tiny_clip.yaml")
@@ -184,25 +182,11 @@ def _store_build_seconds(store) -> float | None:
         return json.load(f).get("build_seconds")
 
 
-def time_evaluation(trainer, model, test_data) -> tuple[float, float]:
-    """Seconds of a full-ranking test evaluation with a cold catalogue cache.
-
-    Returns:
-        tuple[float, float]: catalogue encoding for every group, then scoring
-        (RecBole's evaluate over the test users, reusing the encoded catalogue).
-    """
-    model.train()  # drops the catalogue cache
-    model.eval()
-    start = time.perf_counter()
-    for group in range(len(model.projectors)):
-        model.catalogue_vectors(group)
-    encoded = time.perf_counter()
-    trainer.evaluate(test_data, load_best_model=False, show_progress=False)
-    return encoded - start, time.perf_counter() - encoded
-
-
 def build_point(spec: dict):
     """Config, data, model and trainer of one point, timed.
+
+    The steps of ``quick_start.prepare_run`` (less its logger), with data and
+    model timed apart for the ``dataset_s`` and ``model_build_s`` columns.
 
     Returns:
         tuple: ``(train_data, test_data, model, trainer, seconds)``, ``seconds``
@@ -252,25 +236,23 @@ def time_training(trainer, train_data) -> dict:
 
 def measure_point(spec: dict) -> dict:
     """Build, train and evaluate one point; its CSV row (less ``sweep``, ``wall_s``)."""
-    import resource
-
-    import torch
+    from speed_probes import encode_then_score
 
     from recbole_perpeft.data.user_sequences import UserSequences
 
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
+    threads = common.set_torch_threads(spec.get("threads"))
     train_data, test_data, model, trainer, built = build_point(spec)
     trained = time_training(trainer, train_data)
-    encode_s, score_s = time_evaluation(trainer, model, test_data)
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # the catalogue cache dropped: every group's catalogue, then the scoring
+    encode_s, score_s = encode_then_score(trainer, test_data)
+    rss_mib = common.peak_rss_mib()
     store = model.content.image_store
     train_users = len(UserSequences(train_data.dataset).train_users)  # sequences per epoch
     return {
         "items": spec["items"],
         "groups": spec["groups"],
         "users": spec["users"],
-        "threads": torch.get_num_threads(),
+        "threads": threads,
         "global_epochs": trainer.config["global_epochs"],
         "epochs": trainer.config["epochs"],
         "train_users": train_users,
@@ -287,17 +269,14 @@ def measure_point(spec: dict) -> dict:
         "encode_s": round(encode_s, 3),
         "score_s": round(score_s, 3),
         "eval_s": round(encode_s + score_s, 3),
-        "peak_rss_mib": round(rss_kib / 1024, 1),
+        "peak_rss_mib": round(rss_mib, 1),
     }
 
 
 def child_main(spec_json: str) -> int:
-    """Measure the point described by ``spec_json``; write the row to its ``result``."""
-    spec = json.loads(spec_json)
-    sys.argv = sys.argv[:1]  # RecBole's Config would read the spec as config keys
-    row = measure_point(spec)
-    with open(spec["result"], "w", encoding="utf-8") as f:
-        json.dump(row, f)
+    """Measure the point described by ``spec_json``; write its row for the parent."""
+    spec = common.read_child_spec(spec_json)
+    common.write_child_result(spec, measure_point(spec))
     return 0
 
 
@@ -315,43 +294,12 @@ def plan_points(
     return {point: "+".join(sweeps) for point, sweeps in points.items()}
 
 
-def run_child(spec: dict, timeout: float | None) -> dict:
+def run_point(spec: dict, timeout: float | None) -> dict:
     """Run one point in a fresh interpreter; its CSV row, with the process's wall
-    seconds (imports and start-up included) as ``wall_s``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = {**spec, "result": os.path.join(tmp, "row.json")}
-        script = os.path.abspath(__file__)
-        command = [sys.executable, script, "--child", json.dumps(spec)]
-        start = time.perf_counter()
-        subprocess.run(command, cwd=ROOT, check=True, timeout=timeout)
-        wall_s = time.perf_counter() - start
-        with open(spec["result"], encoding="utf-8") as f:
-            return {**json.load(f), "wall_s": round(wall_s, 1)}
-
-
-def write_csv(rows: list[dict], path: str) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_csv(path: str) -> list[dict]:
-    """Rows of ``scaling.csv`` with numbers parsed (empty cells: None)."""
-
-    def parse(value: str):
-        if value in ("", "None"):
-            return None
-        if value in ("True", "False"):
-            return value == "True"
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        return int(number) if "." not in value else number
-
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    seconds (imports and start-up included) as ``wall_s``. A point that fails
+    or overruns stops the sweep."""
+    child = common.run_child(__file__, spec, timeout, cwd=ROOT, check=True)
+    return {**child.result, "wall_s": round(child.wall_s, 1)}
 
 
 # ---- fits ----------------------------------------------------------------------
@@ -424,21 +372,6 @@ def format_fits(fits: dict) -> list[str]:
 
 
 # ---- outputs -------------------------------------------------------------------
-def versions() -> str:
-    """Machine and package versions, one line."""
-    import peft
-    import recbole
-    import torch
-    import transformers
-
-    return (
-        f"python {platform.python_version()}, torch {torch.__version__}, "
-        f"recbole {recbole.__version__}, transformers {transformers.__version__}, "
-        f"peft {peft.__version__}; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores"
-    )
-
-
 TABLE_COLUMNS = [
     ("sweep", "sweep"),
     ("items", "items"),
@@ -483,7 +416,7 @@ def markdown(rows: list[dict], fits: dict, note: str) -> str:
             "",
             *format_fits(fits),
             "",
-            f"Machine: {versions()}",
+            f"Machine: {common.versions_line(common.CORE_PACKAGES)}; {common.cpu_line()}",
             "",
         ]
     )
@@ -611,19 +544,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def overrides(pairs: list[str]) -> dict:
-    """``key=value`` strings as a dict, values parsed as YAML."""
-    import yaml
-
-    parsed = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
-        parsed[key] = yaml.safe_load(value)
-    return parsed
-
-
 def run_sweep(args: argparse.Namespace) -> list[dict]:
     """Every point, in its own process; the CSV is rewritten after each."""
     points = plan_points(args.items, args.groups, args.groups_at_items, args.groups_for_items)
@@ -639,12 +559,12 @@ def run_sweep(args: argparse.Namespace) -> list[dict]:
             "groups": n_groups,
             "users": args.users,
             "config_files": args.config_files,
-            "overrides": overrides(args.set),
+            "overrides": common.parse_overrides(args.set),
             "threads": args.threads,
         }
-        row = {"sweep": sweep, **run_child(spec, args.timeout)}
+        row = {"sweep": sweep, **run_point(spec, args.timeout)}
         rows.append(row)
-        write_csv(rows, csv_path)
+        common.write_csv(csv_path, rows, FIELDS)
         print(
             f"items {n_items:>6}  groups {n_groups:>2}: train epoch "
             f"{row['train_epoch_s']:.2f} s, eval {row['eval_s']:.2f} s (encode "
@@ -662,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args.child)
     os.makedirs(args.out, exist_ok=True)
     if args.plot_only:
-        rows = read_csv(os.path.join(args.out, "scaling.csv"))
+        rows = common.read_csv(os.path.join(args.out, "scaling.csv"))
     else:
         start = time.perf_counter()
         rows = run_sweep(args)

@@ -79,17 +79,13 @@ CSV columns:
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
-import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
+
+import bench_common as common
 
 BASE_CONFIG = "benchmarks/configs/synthetic_tiny_clip.yaml"
 ENCODERS = {
@@ -219,14 +215,10 @@ def build_case(spec: dict):
 
 def measure_case(spec: dict, result: dict) -> None:
     """Train the case's model, then fill ``result`` with every measurement."""
-    import torch
-
     import speed_probes as probes
     from recbole_perpeft.utils import is_our_model
 
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    result["torch_threads"] = torch.get_num_threads()
+    result["torch_threads"] = common.set_torch_threads(spec.get("threads"))
     config, train_data, valid_data, test_data, model, trainer = build_case(spec)
     ours = is_our_model(config["model"])
     # ours: one example per training user; RecBole's: every prefix of every history
@@ -248,21 +240,14 @@ def measure_case(spec: dict, result: dict) -> None:
         )
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident set size (``ru_maxrss`` is KiB on Linux)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def error_line(exc: BaseException) -> str:
     lines = [line for line in f"{type(exc).__name__}: {exc}".splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
 
 
 def child_main(spec_json: str) -> None:
-    """Run one case (``--child``) and write its result JSON to ``spec["result_path"]``."""
-    spec = json.loads(spec_json)
+    """Run one case (``--child``) and write its result JSON for the parent."""
+    spec = common.read_child_spec(spec_json)
     result: dict = {"status": "ok"}
     start = time.perf_counter()
     try:
@@ -271,23 +256,12 @@ def child_main(spec_json: str) -> None:
         traceback.print_exc()
         result.update(status="error", error=error_line(exc))
     result["wall_s"] = time.perf_counter() - start
-    result["peak_rss_mib"] = peak_rss_mib()
-    with open(spec["result_path"], "w") as handle:
-        json.dump(result, handle)
+    result["peak_rss_mib"] = common.peak_rss_mib()
+    common.write_child_result(spec, result)
 
 
 # ---- the suite ---------------------------------------------------------------
-def last_line(path: str) -> str:
-    """The last non-empty line of a text file ('' when there is none)."""
-    try:
-        with open(path, errors="replace") as handle:
-            lines = [line.strip() for line in handle if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
-
-
-def child_spec(case: Case, args, overrides: dict, result_path: str) -> dict:
+def child_spec(case: Case, args, overrides: dict) -> dict:
     """What the case's process needs: the model, dataset, config and probe sizes."""
     return {
         "model": case.model,
@@ -297,7 +271,6 @@ def child_spec(case: Case, args, overrides: dict, result_path: str) -> dict:
         "steps": args.steps,
         "score_users": args.score_users,
         "threads": args.threads,
-        "result_path": result_path,
     }
 
 
@@ -307,80 +280,30 @@ def run_case(case: Case, args, overrides: dict, log_path: str) -> dict:
         "case": case.name, "model": case.model, "peft_type": case.peft_type,
         "encoder": case.encoder, "variant": case.variant, "epochs": args.epochs,
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = child_spec(case, args, overrides, os.path.join(tmp, "result.json"))
-        command = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
-        start = time.perf_counter()
-        try:
-            with open(log_path, "w") as log:
-                subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                               timeout=args.case_timeout, check=False)
-        except subprocess.TimeoutExpired:
-            row.update(status="error", error=f"timed out after {args.case_timeout} s")
-        wall = time.perf_counter() - start
-        if os.path.exists(spec["result_path"]):
-            with open(spec["result_path"]) as handle:
-                row.update(json.load(handle))
-        elif "status" not in row:
-            row.update(status="error", error=last_line(log_path) or "no result")
-    row.setdefault("wall_s", wall)
+    spec = child_spec(case, args, overrides)
+    child = common.run_child(__file__, spec, args.case_timeout, log_path=log_path)
+    if child.timed_out:
+        row.update(status="error", error=f"timed out after {args.case_timeout} s")
+    if child.result is not None:
+        row.update(child.result)
+    elif "status" not in row:
+        row.update(status="error", error=common.last_line(log_path) or "no result")
+    row.setdefault("wall_s", child.wall_s)
     return row
 
 
 def write_csv(path: str, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _csv_value(row.get(k)) for k in COLUMNS})
-
-
-def _csv_value(value):
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return round(value, 4)
-    return value
+    """The suite's CSV: :data:`COLUMNS`, floats to 4 decimals."""
+    common.write_csv(path, rows, COLUMNS, float_digits=4)
 
 
 # ---- report ------------------------------------------------------------------
-def _read(path: str, key: str) -> str:
-    try:
-        with open(path) as handle:
-            for line in handle:
-                if line.startswith(key):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "?"
-
-
 def machine_line(rows: list[dict]) -> str:
-    import torch
-
-    ram_kib = _read("/proc/meminfo", "MemTotal").split()[0]
-    ram = f"{int(ram_kib) / 1024 ** 2:.1f} GiB RAM" if ram_kib.isdigit() else "RAM ?"
-    cpu = _read("/proc/cpuinfo", "model name")
-    if cpu == "?":
-        cpu = platform.processor() or platform.machine()
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    """CPU, cores, RAM, the cases' torch threads and the GPU."""
     threads = sorted({r["torch_threads"] for r in rows if r.get("torch_threads")})
     threads = "/".join(map(str, threads)) or "?"
-    return f"{cpu}, {os.cpu_count()} cores, {ram}, {threads} torch threads per case{gpu}"
-
-
-def versions_line() -> str:
-    from importlib import metadata
-
-    packages = [("torch", "torch"), ("recbole", "recbole"), ("transformers", "transformers"),
-                ("peft", "peft"), ("open_clip", "open_clip_torch"), ("numpy", "numpy")]
-    parts = [f"python {platform.python_version()}"]
-    for label, dist in packages:
-        try:
-            parts.append(f"{label} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            parts.append(f"{label} not installed")
-    return ", ".join(parts)
+    return (f"{common.cpu_line()}, {common.ram_line()}, {threads} torch threads per case, "
+            f"{common.gpu_line()}")
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -507,11 +430,6 @@ def targets(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def load_average() -> str:
-    """The 1-minute load average: above the core count, other work shared the CPU."""
-    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "?"
-
-
 def settings_line(rows: list[dict], args) -> str:
     epochs = sorted({r["epochs"] for r in rows if r.get("epochs") not in (None, "")})
     parts = [f"dataset {args.dataset}", f"{'/'.join(map(str, epochs)) or '?'} epoch(s) per stage"]
@@ -531,7 +449,7 @@ def report(rows: list[dict], args, load_note: str) -> str:
     """The markdown report: machine, versions, settings, table, targets."""
     return "\n\n".join([
         f"# Speed: {args.dataset}{' (' + args.tag + ')' if args.tag else ''}",
-        f"Machine: {machine_line(rows)}; {load_note}\n\nVersions: {versions_line()}\n\n"
+        f"Machine: {machine_line(rows)}; {load_note}\n\nVersions: {common.versions_line()}\n\n"
         f"Settings: {settings_line(rows, args)}",
         table(rows),
         "examples/s: training examples per second of a last-stage epoch; users = one window per "
@@ -543,35 +461,20 @@ def report(rows: list[dict], args, load_note: str) -> str:
     ]) + "\n"
 
 
-def _parsed(value: str):
-    """A CSV cell as int, float, str, or None when empty."""
-    if value == "":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
-
-
 def read_rows(paths: list[str]) -> list[dict]:
     """Rows of earlier CSVs, a later file's row replacing an earlier one of the
     same case, in the suite's case order."""
     by_case = {}
     for path in paths:
-        with open(path, newline="") as handle:
-            for row in csv.DictReader(handle):
-                by_case[row["case"]] = {k: _parsed(v) for k, v in row.items()}
+        for row in common.read_csv(path):
+            by_case[row["case"]] = row
     order = {c.name: i for i, c in enumerate(all_cases())}
     return sorted(by_case.values(), key=lambda r: order.get(r["case"], len(order)))
 
 
 def run_suite(cases: list[Case], args, csv_path: str) -> list[dict]:
     """Run ``cases`` one after another, saving the CSV after each."""
-    import yaml
-
-    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    overrides = common.parse_overrides(args.set)
     stem = os.path.splitext(os.path.basename(csv_path))[0]
     log_dir = os.path.join(args.out, "speed_logs", stem[len("speed_"):])
     os.makedirs(log_dir, exist_ok=True)
@@ -625,9 +528,9 @@ def main(argv=None) -> None:
         if args.list or not cases:
             print("\n".join(c.name for c in cases) or f"no case matches {args.cases}")
             return
-        load_at_start = load_average()
+        load_at_start = common.load_average()
         rows = run_suite(cases, args, csv_path)
-        load_note = (f"1-minute load average {load_at_start} at the start, {load_average()} at the "
+        load_note = (f"1-minute load average {load_at_start} at the start, {common.load_average()} at the "
                      f"end (above {os.cpu_count()}: other work shared the CPU, times are inflated)")
     os.makedirs(args.out, exist_ok=True)
     write_csv(csv_path, rows)

@@ -1,7 +1,8 @@
-"""Measurements that ``speed.py`` takes inside one case's process, on a trained model.
+"""Measurements taken inside one benchmark process, on a trained model
+(``speed.py``'s cases; ``scaling.py``'s points use the evaluation timing).
 
 - :func:`time_evaluation`: full-ranking test evaluation, whole and split into
-  catalogue encoding and scoring.
+  catalogue encoding and scoring (:func:`encode_then_score`).
 - :func:`profile_steps`: a few training steps, timing the loader, the content
   gathering and the whole step, to find the time spent outside the model.
 - :func:`compare_scoring`: users scored one at a time (a forward per user and a
@@ -154,6 +155,27 @@ def encode_catalogue(model) -> float:
     return time.perf_counter() - start
 
 
+def timed_evaluate(trainer, test_data) -> float:
+    """Seconds of RecBole's full-ranking ``evaluate`` of every test user."""
+    sync(trainer.device)
+    start = time.perf_counter()
+    trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    sync(trainer.device)
+    return time.perf_counter() - start
+
+
+def encode_then_score(trainer, test_data) -> tuple[float, float]:
+    """A full-ranking test evaluation of one of our models from a cold
+    catalogue cache, timed in two parts.
+
+    Returns:
+        tuple[float, float]: seconds of the catalogue vectors of every group
+        (:func:`encode_catalogue`), then of the evaluation reusing them.
+    """
+    encode_s = encode_catalogue(trainer.model)
+    return encode_s, timed_evaluate(trainer, test_data)
+
+
 def time_evaluation(trainer, test_data) -> dict:
     """Full-ranking test evaluation of every user, from a cold catalogue cache.
 
@@ -162,20 +184,10 @@ def time_evaluation(trainer, test_data) -> dict:
         ``eval_encode_s`` (catalogue vectors of every group) and ``eval_score_s``
         (the same evaluation again, with the catalogue vectors cached).
     """
-    model = trainer.model
-    model.train()  # our models drop the catalogue cache; harmless for RecBole's
-    device = trainer.device
-    sync(device)
-    start = time.perf_counter()
-    trainer.evaluate(test_data, load_best_model=False, show_progress=False)
-    sync(device)
-    result = {"eval_s": time.perf_counter() - start}
-    if hasattr(model, "catalogue_vectors"):
-        result["eval_encode_s"] = encode_catalogue(model)
-        start = time.perf_counter()
-        trainer.evaluate(test_data, load_best_model=False, show_progress=False)
-        sync(device)
-        result["eval_score_s"] = time.perf_counter() - start
+    trainer.model.train()  # our models drop the catalogue cache; harmless for RecBole's
+    result = {"eval_s": timed_evaluate(trainer, test_data)}
+    if hasattr(trainer.model, "catalogue_vectors"):
+        result["eval_encode_s"], result["eval_score_s"] = encode_then_score(trainer, test_data)
     return result
 
 

@@ -10,9 +10,10 @@ are pooled; the variant is the file's tag (``compare_<dataset>_<tag>.csv``).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
+
+import bench_common as common
 
 HEADER = (
     "| model | seeds | test NDCG@20 (x100) | test Hit@20 (x100) | wall time per run (s) "
@@ -27,7 +28,7 @@ def _mean_spread(values: list[float]) -> str:
 
 
 def _mean(runs: list[dict], key: str, digits: int) -> str:
-    values = [float(r[key]) for r in runs if r.get(key, "") != ""]
+    values = [float(r[key]) for r in runs if r.get(key) not in ("", None)]
     return f"{statistics.mean(values):.{digits}f}" if values else "-"
 
 
@@ -55,10 +56,9 @@ def read_runs(paths: list[str]) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = {}
     for path in paths:
         tag = variant_of(path)
-        with open(path, newline="") as handle:
-            for row in csv.DictReader(handle):
-                name = f"{row['model']} ({tag})" if tag else row["model"]
-                groups.setdefault(name, []).append(row)
+        for row in common.read_csv(path):
+            name = f"{row['model']} ({tag})" if tag else row["model"]
+            groups.setdefault(name, []).append(row)
     return groups
 
 
