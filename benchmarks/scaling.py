@@ -450,6 +450,11 @@ def plot(fits: dict, path: str) -> None:
         axis.set_xticks(xs, [_short(x) for x in xs])
         axis.xaxis.set_minor_formatter(NullFormatter())
         axis.grid(True, which="both", alpha=0.3)
+        # at least two decades on y, so that a flat line also looks flat
+        ys = [y for name in names for _, y in fits[name]["points"]]
+        if ys:
+            middle = (min(ys) * max(ys)) ** 0.5
+            axis.set_ylim(min(min(ys) / 1.5, middle / 10), max(max(ys) * 1.5, middle * 10))
         axis.legend(fontsize=7)
     figure.suptitle("PerPEFT scaling (SYNTHETIC data, random tiny CLIP, LoRA)")
     figure.tight_layout()
