@@ -59,10 +59,11 @@ def test_perpeft_with_a_tiny_random_clip(tmp_path, kind, peft_type):
         assert math.isfinite(value) and 0.0 <= value <= 1.0, (metric, value)
     stores = sorted(os.listdir(cache))
     # IISAN adds the frozen encoder's layer states of both towers
-    assert stores[0] == "synthetic-images-32"
-    assert len(stores) == (2 if peft_type == "iisan" else 1)
+    assert "synthetic-images-32" in stores
+    iisan = [store for store in stores if store.startswith("synthetic-iisan-")]
+    assert len(iisan) == (1 if peft_type == "iisan" else 0)
+    assert len(stores) == 1 + len(iisan)
     for store in stores:
         assert any(name.endswith(".npy") for name in os.listdir(cache / store))
-    if peft_type == "iisan":
-        assert stores[1].startswith("synthetic-iisan-")
-        assert sorted(os.listdir(cache / stores[1])) == ["image.npy", "meta.json", "text.npy"]
+    if iisan:
+        assert sorted(os.listdir(cache / iisan[0])) == ["image.npy", "meta.json", "text.npy"]
