@@ -257,3 +257,31 @@ def parse_overrides(pairs: list[str]) -> dict:
             raise SystemExit(f"--set expects key=value, got {pair!r}")
         parsed[key] = yaml.safe_load(value)
     return parsed
+
+
+# ---- data ----------------------------------------------------------------------
+def ensure_synthetic_dataset(
+    folder: str, name: str, n_items: int, n_users: int, seed: int = 0, image_size: int = 64
+) -> float | None:
+    """Generate the synthetic dataset ``folder`` unless one made with these
+    settings is there (its ``stats.json`` says so).
+
+    Returns:
+        float | None: generation seconds; None when the existing one was reused.
+    """
+    wanted = {"name": name, "n_items": n_items, "n_users": n_users, "seed": seed, "image_size": image_size}
+    try:
+        with open(os.path.join(folder, "stats.json"), encoding="utf-8") as handle:
+            stats = json.load(handle)
+        if all(stats.get(key) == value for key, value in wanted.items()):
+            return None
+    except (OSError, ValueError):
+        pass
+    from recbole_perpeft.data.synthetic import make_synthetic_dataset
+
+    print(f"generating {folder} ({n_items} items, {n_users} users)", flush=True)
+    start = time.perf_counter()
+    make_synthetic_dataset(
+        folder, name=name, n_items=n_items, n_users=n_users, image_size=image_size, seed=seed
+    )
+    return time.perf_counter() - start

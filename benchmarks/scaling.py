@@ -131,23 +131,6 @@ def dataset_name(n_items: int, n_users: int) -> str:
     return f"scale_{size}{suffix}"
 
 
-def _matches(folder: str, name: str, n_items: int, n_users: int) -> bool:
-    """Whether ``folder`` holds a complete dataset generated with our settings."""
-    try:
-        with open(os.path.join(folder, "stats.json"), encoding="utf-8") as f:
-            stats = json.load(f)
-    except (OSError, ValueError):
-        return False
-    wanted = {
-        "name": name,
-        "n_items": n_items,
-        "n_users": n_users,
-        "seed": GENERATOR_SEED,
-        "image_size": IMAGE_SIZE,
-    }
-    return all(stats.get(k) == v for k, v in wanted.items())
-
-
 def ensure_dataset(n_items: int, n_users: int) -> tuple[str, float | None]:
     """Generate ``dataset/<name>`` unless a matching one is there.
 
@@ -155,22 +138,11 @@ def ensure_dataset(n_items: int, n_users: int) -> tuple[str, float | None]:
         tuple[str, float | None]: the dataset name and the generation seconds
         (None when an existing dataset was reused).
     """
-    from recbole_perpeft.data.synthetic import make_synthetic_dataset
-
     name = dataset_name(n_items, n_users)
-    folder = os.path.join(DATA_DIR, name)
-    if _matches(folder, name, n_items, n_users):
-        return name, None
-    start = time.perf_counter()
-    make_synthetic_dataset(
-        folder,
-        name=name,
-        n_items=n_items,
-        n_users=n_users,
-        image_size=IMAGE_SIZE,
-        seed=GENERATOR_SEED,
+    seconds = common.ensure_synthetic_dataset(
+        os.path.join(DATA_DIR, name), name, n_items, n_users, GENERATOR_SEED, IMAGE_SIZE
     )
-    return name, time.perf_counter() - start
+    return name, seconds
 
 
 # ---- one point (child process) -----------------------------------------------

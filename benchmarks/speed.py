@@ -513,6 +513,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def ensure_readme_synthetic(dataset: str) -> None:
+    """On a fresh clone, make the README's synthetic data (1,000 items, 800
+    users; dataset/SYNTHETIC.md) before the first case needs it. An existing
+    dataset/synthetic is used as it is, whatever its size."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dataset", dataset)
+    if dataset == "synthetic" and not os.path.exists(os.path.join(folder, f"{dataset}.inter")):
+        common.ensure_synthetic_dataset(folder, dataset, n_items=1000, n_users=800)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child:
@@ -528,6 +537,7 @@ def main(argv=None) -> None:
         if args.list or not cases:
             print("\n".join(c.name for c in cases) or f"no case matches {args.cases}")
             return
+        ensure_readme_synthetic(args.dataset)
         load_at_start = common.load_average()
         rows = run_suite(cases, args, csv_path)
         load_note = (f"1-minute load average {load_at_start} at the start, {common.load_average()} at the "
