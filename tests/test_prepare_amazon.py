@@ -384,6 +384,13 @@ def _snapshot(folder: Path) -> dict[str, bytes | None]:
     }
 
 
+def _prepare_again(reviews: Path, meta: Path, out: Path) -> None:
+    """A second preparation into ``out``, with another text field, overwriting."""
+    prepare_amazon2023(
+        reviews, meta, out, min_user=2, min_item=2, text_fields=["title", "store"], overwrite=True
+    )
+
+
 def test_overwrite_replaces_only_the_files_it_writes(tmp_path: Path) -> None:
     reviews, meta = _raw(tmp_path)
     out = tmp_path / "dataset" / "toy"
@@ -394,15 +401,7 @@ def test_overwrite_replaces_only_the_files_it_writes(tmp_path: Path) -> None:
     (out / "notes.txt").write_text("mine", encoding="utf-8")
     (out / "toy.inter").write_text("edited by hand\n", encoding="utf-8")
 
-    prepare_amazon2023(
-        reviews,
-        meta,
-        out,
-        min_user=2,
-        min_item=2,
-        text_fields=["title", "store"],
-        overwrite=True,
-    )
+    _prepare_again(reviews, meta, out)
     assert sorted(p.name for p in out.iterdir()) == [
         "images",
         "images.tsv",
@@ -469,15 +468,7 @@ def test_failed_move_leaves_the_previous_dataset(
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
-        prepare_amazon2023(
-            reviews,
-            meta,
-            out,
-            min_user=2,
-            min_item=2,
-            text_fields=["title", "store"],
-            overwrite=True,
-        )
+        _prepare_again(reviews, meta, out)
     # images.tsv, stats.json and toy.inter had been moved; all are restored
     assert _snapshot(out) == before
     monkeypatch.undo()
