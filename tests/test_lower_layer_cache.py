@@ -146,3 +146,10 @@ def test_cache_is_refused_on_an_encoder_that_cannot_start_mid_tower() -> None:
     bank = PeftLibraryBank(encoder, config, 1, cache_frozen_layers=True)
     with pytest.raises(ValueError, match=r"`cache_frozen_layers`: OpenCLIPEncoder cannot"):
         bank.prepare(content=None)
+
+
+def test_layers_to_transform_beyond_the_blocks_names_the_key() -> None:
+    encoder = HFTextEncoder(None, ["text"], random_init=dict(TINY_BERT))
+    config = build_peft_config("lora", {**LORA, "layers_to_transform": [99]}, encoder)
+    with pytest.raises(ValueError, match=r"`peft_config.target_modules`: .* wrapped no module"):
+        PeftLibraryBank(encoder, config, n_modules=1)

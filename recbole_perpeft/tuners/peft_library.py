@@ -167,14 +167,24 @@ class PeftLibraryBank(GroupModuleBank):
         with warnings.catch_warnings():
             # Several adapters on one model are the point of the bank.
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            for index in range(n_modules):
-                inject_adapter_in_model(peft_config, encoder.backbone, adapter_name(index))
+            try:
+                for index in range(n_modules):
+                    inject_adapter_in_model(peft_config, encoder.backbone, adapter_name(index))
+            except ValueError as error:
+                # peft's NoMatchingPeftModuleError (a ValueError): ours names the key
+                if "not found in the base model" not in str(error):
+                    raise
         self.wrapped_modules = self._wrapped_module_names()
         if not self.wrapped_modules:
             raise ValueError(
                 f"`peft_config.target_modules`: {peft_config.target_modules!r} wrapped "
-                f"no module of {type(encoder).__name__}."
+                f"no module of {type(encoder).__name__} (check target_modules and "
+                "layers_to_transform against its blocks)."
             )
+        logger.info(
+            f"{self.peft_type} wraps {len(self.wrapped_modules)} modules: "
+            f"{', '.join(self.wrapped_modules)}"
+        )
         self.activate(0)
 
     def prepare(self, content) -> None:
