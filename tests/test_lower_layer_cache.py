@@ -153,3 +153,32 @@ def test_layers_to_transform_beyond_the_blocks_names_the_key() -> None:
     config = build_peft_config("lora", {**LORA, "layers_to_transform": [99]}, encoder)
     with pytest.raises(ValueError, match=r"`peft_config.target_modules`: .* wrapped no module"):
         PeftLibraryBank(encoder, config, n_modules=1)
+
+
+def test_cache_with_iisan_is_ignored_with_a_warning(tmp_path, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        _, _, model = build_tiny_perpeft(tmp_path, "iisan", cache_frozen_layers=True)
+    assert type(model.bank).__name__ == "IISANBank"
+    assert "cache_frozen_layers is ignored with peft_type 'iisan'" in caplog.text
+
+
+def test_catalogue_pass_returns_the_encoder_where_it_was_also_on_error() -> None:
+    from recbole_perpeft.tuners.base import CataloguePass
+
+    class Recorder(torch.nn.Linear):
+        """Records where it is sent (no GPU here); its tensors stay put."""
+
+        def to(self, device):
+            self.moves.append(str(device))
+            return self
+
+    encoder = Recorder(2, 2)
+    encoder.moves = []
+    run = CataloguePass(device="cuda:1")
+    with run.on_device(encoder) as device:
+        assert device == torch.device("cuda:1")
+    assert encoder.moves == ["cuda:1", "cpu"]
+    with pytest.raises(RuntimeError, match="build failed"):
+        with run.on_device(encoder):
+            raise RuntimeError("build failed")
+    assert encoder.moves == ["cuda:1", "cpu", "cuda:1", "cpu"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from logging import getLogger
+
 from recbole_perpeft.encoders.base import ItemEncoder
-from recbole_perpeft.tuners.base import GroupModuleBank
+from recbole_perpeft.tuners.base import CataloguePass, GroupModuleBank
 
 
 def peft_kwargs(config) -> dict:
@@ -22,6 +24,13 @@ def build_bank(config, encoder: ItemEncoder, n_modules: int) -> GroupModuleBank:
     if peft_type == "iisan":
         from recbole_perpeft.tuners.iisan import IISANBank
 
+        if config["cache_frozen_layers"]:
+            getLogger().warning(
+                "cache_frozen_layers is ignored with peft_type 'iisan': IISAN runs "
+                "the frozen encoder once for the catalogue anyway and trains only "
+                "its side networks over the stored layer states."
+            )
+
         return IISANBank(config, encoder, n_modules, **kwargs)
     from recbole_perpeft.tuners.peft_library import PeftLibraryBank, build_peft_config
 
@@ -30,9 +39,5 @@ def build_bank(config, encoder: ItemEncoder, n_modules: int) -> GroupModuleBank:
         build_peft_config(peft_type, kwargs, encoder),
         n_modules,
         cache_frozen_layers=bool(config["cache_frozen_layers"]),
-        build_options={
-            "batch_size": config["encode_batch_size"] or 256,
-            "device": config["device"] or "cpu",
-            "show_progress": bool(config["show_progress"]),
-        },
+        catalogue_pass=CataloguePass.from_config(config),
     )

@@ -3,9 +3,40 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class CataloguePass:
+    """How a bank runs the frozen encoder once over the whole catalogue (IISAN's
+    layer states, the cached lower layers): read from the config's
+    ``encode_batch_size``, ``device`` and ``show_progress``."""
+
+    batch_size: int = 256
+    device: str = "cpu"
+    show_progress: bool = False
+
+    @classmethod
+    def from_config(cls, config) -> CataloguePass:
+        return cls(
+            batch_size=int(config["encode_batch_size"] or 256),
+            device=str(config["device"] or "cpu"),
+            show_progress=bool(config["show_progress"]),
+        )
+
+    @contextmanager
+    def on_device(self, encoder: nn.Module):
+        """Move ``encoder`` to this pass's device, and back to where it was after."""
+        home = next(encoder.parameters()).device
+        encoder.to(self.device)
+        try:
+            yield torch.device(self.device)
+        finally:
+            encoder.to(home)
 
 
 class GroupModuleBank(nn.Module, ABC):

@@ -38,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from recbole_perpeft.encoders.base import ItemEncoder
-from recbole_perpeft.tuners.base import GroupModuleBank
+from recbole_perpeft.tuners.base import CataloguePass, GroupModuleBank
 
 logger = getLogger(__name__)
 
@@ -435,9 +435,7 @@ class IISANBank(GroupModuleBank):
             or os.path.join(config["checkpoint_dir"], "content_cache"),
             f"{config['dataset']}-iisan-{variant}",
         )
-        self.batch_size = int(config["encode_batch_size"] or 256)
-        self.build_device = config["device"] or "cpu"
-        self.show_progress = bool(config["show_progress"])
+        self.catalogue_pass = CataloguePass.from_config(config)
         self.modules_ = nn.ModuleList()
         self.cache: LayerStateCache | None = None
         self._states: dict[str, np.ndarray] | None = None
@@ -445,24 +443,19 @@ class IISANBank(GroupModuleBank):
     # ---- setup --------------------------------------------------------------
     def prepare(self, content) -> None:
         """Build or reuse the layer-state cache of ``content``, then the side networks."""
-        encoder = self.encoder
-        device = next(encoder.parameters()).device
-        build_device = torch.device(self.build_device)
-        encoder.to(build_device)
-        try:
+        run = self.catalogue_pass
+        with run.on_device(self.encoder) as device:
             self.cache = LayerStateCache.build_or_load(
                 self.cache_folder,
-                encoder,
+                self.encoder,
                 self.encoder_id,
                 self.layers,
                 content,
                 dtype=self.cache_dtype,
-                batch_size=self.batch_size,
-                device=build_device,
-                show_progress=self.show_progress,
+                batch_size=run.batch_size,
+                device=device,
+                show_progress=run.show_progress,
             )
-        finally:
-            encoder.to(device)
         self._states = self.cache.states
         if len(self.modules_) == 0:
             in_dims = {m: int(a.shape[-1]) for m, a in self.cache.states.items()}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from recbole_perpeft.encoders.base import ItemEncoder
-from recbole_perpeft.tuners.base import GroupModuleBank
+from recbole_perpeft.tuners.base import CataloguePass, GroupModuleBank
 
 logger = getLogger(__name__)
 
@@ -139,8 +139,8 @@ class PeftLibraryBank(GroupModuleBank):
         n_modules (int): number of adapters.
         cache_frozen_layers (bool): run the frozen blocks below the adapters
             once for the catalogue (:mod:`~recbole_perpeft.tuners.lower_layer_cache`).
-        build_options (dict | None): ``batch_size``, ``device`` and
-            ``show_progress`` of that one pass.
+        catalogue_pass (CataloguePass | None): batch size, device and progress
+            bar of that one pass (default: batches of 256 on the CPU).
     """
 
     def __init__(
@@ -149,12 +149,11 @@ class PeftLibraryBank(GroupModuleBank):
         peft_config,
         n_modules: int,
         cache_frozen_layers: bool = False,
-        build_options: dict | None = None,
+        catalogue_pass: CataloguePass | None = None,
     ) -> None:
         super().__init__(n_modules)
         self.cache_frozen_layers = cache_frozen_layers
-        self.build_options = {"batch_size": 256, "device": "cpu", "show_progress": False}
-        self.build_options.update(build_options or {})
+        self.catalogue_pass = catalogue_pass or CataloguePass()
         self.lower_layers = None
         from peft import inject_adapter_in_model
 
@@ -212,18 +211,9 @@ class PeftLibraryBank(GroupModuleBank):
             )
             return
         cache = LowerLayerCache(encoder, first)
-        device = next(encoder.parameters()).device
-        build_device = torch.device(self.build_options["device"])
-        encoder.to(build_device)
-        try:
-            cache.build(
-                content,
-                int(self.build_options["batch_size"]),
-                build_device,
-                bool(self.build_options["show_progress"]),
-            )
-        finally:
-            encoder.to(device)
+        run = self.catalogue_pass
+        with run.on_device(encoder) as device:
+            cache.build(content, run.batch_size, device, run.show_progress)
         self.lower_layers = cache
 
     def _tuner_layers(self) -> list[tuple[str, nn.Module]]:
