@@ -50,10 +50,9 @@ def stage_times(trainer) -> tuple[float | None, float | None]:
 
 def trainable_percent(model) -> float | None:
     """Trainable parameters of all group modules, in % of the encoder's."""
-    if not hasattr(model, "module_parameter_counts"):
+    if not hasattr(model, "trainable_percent"):
         return None
-    per_module = sum(model.module_parameter_counts())
-    return 100 * len(model.projectors) * per_module / max(model.foundation_parameters, 1)
+    return model.trainable_percent(len(model.projectors))
 
 
 def _rounded(value: float | None, digits: int) -> float | str:

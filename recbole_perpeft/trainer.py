@@ -69,12 +69,11 @@ class PerPEFTTrainer(Trainer):
         peft, projector = model.module_parameter_counts()
         per_module = peft + projector
         n_modules = len(model.projectors)
-        foundation = max(model.foundation_parameters, 1)
         logger.info(
             f"trainable per group module: {per_module:,} ({peft:,} PEFT + {projector:,} "
-            f"projector), {100 * per_module / foundation:.2f}% of the encoder's "
-            f"{foundation:,}; all {n_modules} modules: "
-            f"{100 * n_modules * per_module / foundation:.2f}%"
+            f"projector), {model.trainable_percent():.2f}% of the encoder's "
+            f"{model.foundation_parameters:,}; all {n_modules} modules: "
+            f"{model.trainable_percent(n_modules):.2f}%"
         )
 
     def _run_stage(self, loader, valid_data, n_epochs, first_epoch, verbose, saved, show_progress, callback_fn):

@@ -262,6 +262,10 @@ class MultimodalSASRec(SequentialRecommender):
         peft = self.bank.module_parameter_count(0) if self.bank is not None else 0
         return peft, sum(p.numel() for p in self.projectors[0].parameters())
 
+    def trainable_percent(self, modules: int = 1) -> float:
+        """Trainable parameters of ``modules`` group modules, in % of the encoder's."""
+        return 100 * modules * sum(self.module_parameter_counts()) / max(self.foundation_parameters, 1)
+
     # ---- sequence tower -----------------------------------------------------
     def encode_sequences(self, item_seq: torch.Tensor, item_seq_emb: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, L, H] of sequences given their item vectors [B, L, H]."""
@@ -341,18 +345,14 @@ class MultimodalSASRec(SequentialRecommender):
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         groups = self._groups_of(interaction)
         modules = torch.unique(groups).tolist()
+        if len(modules) == 1:
+            return self.forward(item_seq, item_seq_len, modules[0]) @ self.catalogue_vectors(modules[0]).T
         tables = {module: self.catalogue_vectors(module) for module in modules}
-        if len(modules) == 1:
-            rows_of = {modules[0]: slice(None)}
-            seq_emb = tables[modules[0]][item_seq]
-        else:
-            rows_of = {m: (groups == m).nonzero(as_tuple=True)[0] for m in modules}
-            seq_emb = torch.empty(*item_seq.shape, self.hidden_size, device=item_seq.device)
-            for module, rows in rows_of.items():
-                seq_emb[rows] = tables[module][item_seq[rows]]
+        rows_of = {m: (groups == m).nonzero(as_tuple=True)[0] for m in modules}
+        seq_emb = torch.empty(*item_seq.shape, self.hidden_size, device=item_seq.device)
+        for module, rows in rows_of.items():
+            seq_emb[rows] = tables[module][item_seq[rows]]
         seq_output = self.gather_indexes(self.encode_sequences(item_seq, seq_emb), item_seq_len - 1)
-        if len(modules) == 1:
-            return seq_output @ tables[modules[0]].T
         scores = torch.empty(len(item_seq), self.n_items, device=item_seq.device)
         for module, rows in rows_of.items():
             scores[rows] = seq_output[rows] @ tables[module].T
