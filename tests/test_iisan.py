@@ -14,7 +14,8 @@ from _tiny import TINY_BERT, build_tiny_perpeft
 from recbole_perpeft.data.content import ItemContent
 from recbole_perpeft.data.user_sequences import UserSequenceLoader
 from recbole_perpeft.encoders.hf_text import HFTextEncoder
-from recbole_perpeft.tuners.iisan import LayerStateCache, resolve_layers
+from recbole_perpeft.tuners.base import CataloguePass
+from recbole_perpeft.tuners.iisan import layer_state_store, resolve_layers
 
 SMALL = {"bottleneck": 8, "side_dim": 16}
 
@@ -40,14 +41,14 @@ def _content(encoder, titles: list[str]) -> ItemContent:
 
 
 def _build(folder, encoder, content, layers=(0, 2), dtype="float16"):
-    return LayerStateCache.build_or_load(
+    return layer_state_store(
         str(folder),
         encoder,
         {"random_init": TINY_BERT},
         list(layers),
         content,
         dtype=dtype,
-        batch_size=4,
+        catalogue_pass=CataloguePass(batch_size=4),
     )
 
 

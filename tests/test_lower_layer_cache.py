@@ -6,6 +6,7 @@ Encoders are RANDOMLY INITIALISED tiny models (no weights are downloaded)."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -182,3 +183,44 @@ def test_catalogue_pass_returns_the_encoder_where_it_was_also_on_error() -> None
         with run.on_device(encoder):
             raise RuntimeError("build failed")
     assert encoder.moves == ["cuda:1", "cpu", "cuda:1", "cpu"]
+
+
+def test_cached_states_are_stored_on_disk_and_reused_by_the_next_run(tmp_path) -> None:
+    import numpy as np
+
+    from recbole_perpeft.tuners.base import CataloguePass
+
+    peft_config = {**LORA, "layers_to_transform": [1]}
+    config, _, first = build_tiny_perpeft(tmp_path, "lora", peft_config, cache_frozen_layers=True)
+    cache = first.bank.lower_layers
+    store = cache.store
+    assert store.rebuilt
+    assert os.path.dirname(store.folder) == os.path.join(config["checkpoint_dir"], "content_cache")
+    assert os.path.basename(store.folder).startswith("tiny-lower-")
+    assert sorted(os.listdir(store.folder)) == ["meta.json", "text.npy"]  # no temporary left
+    assert isinstance(store.states["text"], np.memmap) and store.states["text"].dtype == np.float32
+
+    # trained adapters leave the lower blocks' states valid
+    _perturb_lora(first)
+    cache.build(store.folder, first.bank.encoder_id, first.content, CataloguePass(), first.bank.adapter_state_keys())
+    assert not cache.store.rebuilt
+    # the next run with the same encoder, blocks and content reads them back
+    _, _, second = build_tiny_perpeft(tmp_path, "lora", peft_config, cache_frozen_layers=True)
+    again = second.bank.lower_layers.store
+    assert not again.rebuilt and again.folder == store.folder
+    np.testing.assert_array_equal(again.states["text"], store.states["text"])
+    # another seed: other random weights (and their own folder), built anew
+    _, _, other = build_tiny_perpeft(tmp_path, "lora", peft_config, cache_frozen_layers=True, seed=7)
+    assert other.bank.lower_layers.store.rebuilt
+
+
+def test_reading_states_cuts_texts_to_the_batchs_longest(tmp_path) -> None:
+    _, _, model = build_tiny_perpeft(
+        tmp_path, "lora", {**LORA, "layers_to_transform": [1]}, cache_frozen_layers=True
+    )
+    cache = model.bank.lower_layers
+    ids = torch.tensor([3, 1, 3])
+    full = torch.from_numpy(cache.states["text"][ids.numpy()].copy())
+    cut = cache.read_states(ids, torch.device("cpu"), text_length=5)["text"]
+    assert cut.shape == (3, 5, full.shape[-1]) and cut.dtype == torch.float32
+    torch.testing.assert_close(cut, full[:, :5], rtol=0, atol=0)

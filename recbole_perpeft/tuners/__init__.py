@@ -6,6 +6,7 @@ from logging import getLogger
 
 from recbole_perpeft.encoders.base import ItemEncoder
 from recbole_perpeft.tuners.base import CataloguePass, GroupModuleBank
+from recbole_perpeft.tuners.state_store import encoder_identity, store_folder
 
 
 def peft_kwargs(config) -> dict:
@@ -30,7 +31,6 @@ def build_bank(config, encoder: ItemEncoder, n_modules: int) -> GroupModuleBank:
                 "the frozen encoder once for the catalogue anyway and trains only "
                 "its side networks over the stored layer states."
             )
-
         return IISANBank(config, encoder, n_modules, **kwargs)
     from recbole_perpeft.tuners.peft_library import PeftLibraryBank, build_peft_config
 
@@ -40,4 +40,16 @@ def build_bank(config, encoder: ItemEncoder, n_modules: int) -> GroupModuleBank:
         n_modules,
         cache_frozen_layers=bool(config["cache_frozen_layers"]),
         catalogue_pass=CataloguePass.from_config(config),
+        states_folder=store_folder(
+            config,
+            "lower",
+            [
+                type(encoder).__name__,
+                encoder_identity(config),
+                encoder.modalities,
+                kwargs.get("target_modules"),
+                kwargs.get("layers_to_transform"),
+            ],
+        ),
+        encoder_id=encoder_identity(config),
     )

@@ -2,7 +2,7 @@
 
 The encoder stays frozen and never runs during training: the pooled hidden
 states of the selected layers are computed once for the whole catalogue and
-kept on disk, memory-mapped (:class:`LayerStateCache`). Each group's side
+kept on disk, memory-mapped (:func:`layer_state_store`). Each group's side
 network reads them.
 
 Per group and per used modality ``m`` (image, text), for each selected layer
@@ -26,24 +26,21 @@ replacement meaningful: a missing image replaces the whole image part.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import time
-from logging import getLogger
-
-import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from recbole_perpeft.encoders.base import ItemEncoder
 from recbole_perpeft.tuners.base import CataloguePass, GroupModuleBank
+from recbole_perpeft.tuners.state_store import (
+    STORE_DTYPES,
+    CatalogueStates,
+    content_checksum,
+    encoder_checksum,
+    encoder_identity,
+    store_folder,
+)
 
-logger = getLogger(__name__)
-
-CACHE_FORMAT = 1
-CACHE_DTYPES = ("float16", "float32")
+STATES_FORMAT = 2
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 IISAN_KEYS = ("layers", "bottleneck", "side_dim", "activation", "cache_dtype")
 
@@ -81,190 +78,48 @@ def resolve_layers(layers, n_layers: int) -> list[int]:
     return sorted(resolved)
 
 
-def encoder_checksum(encoder: ItemEncoder) -> str:
-    """sha256 over the names, shapes and values of the encoder's own tensors."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(encoder.backbone.state_dict().items()):
-        data = tensor.detach().cpu()
-        if data.dtype not in (torch.float32, torch.float16, torch.int64, torch.int32):
-            data = data.float()
-        digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
-        digest.update(data.contiguous().numpy().tobytes())
-    return digest.hexdigest()
+def layer_state_store(
+    folder: str,
+    encoder: ItemEncoder,
+    encoder_id: dict,
+    layers: list[int],
+    content,
+    dtype: str = "float16",
+    catalogue_pass: CataloguePass | None = None,
+) -> CatalogueStates:
+    """The pooled states of ``layers`` for every item ([n_items, n_layers, D_m]
+    per modality), from the store in ``folder`` or computed into it.
 
-
-def content_checksum(content) -> dict:
-    """What of the item content the layer states depend on."""
-    digest = hashlib.sha256()
-    if content.input_ids is not None:
-        digest.update(content.input_ids.cpu().numpy().astype(np.int64).tobytes())
-        digest.update(content.text_lengths.cpu().numpy().astype(np.int64).tobytes())
-    image = content.image_store.fingerprint if content.image_store is not None else None
-    return {
-        "n_items": int(content.n_items),
-        "tokens": digest.hexdigest(),
-        "images": image,
-    }
-
-
-class LayerStateCache:
-    """Pooled hidden states of the frozen encoder for the whole catalogue, on disk.
-
-    Files in ``folder``: ``<modality>.npy`` ([n_items, n_selected_layers, D_m],
-    memory-mapped) and ``meta.json`` (the fingerprint of the inputs). The meta
-    file is removed before a rebuild and written last, so a half-built cache is
-    never taken for a valid one; arrays are written under a temporary name and
-    moved in place.
-
-    Attributes:
-        states (dict[str, np.ndarray]): read-only memory maps per modality.
-        rebuilt (bool): whether this call computed the states.
+    Args:
+        folder (str): the store's folder.
+        encoder (ItemEncoder): the frozen encoder; must implement ``layer_states``.
+        encoder_id (dict): how the encoder was made (:func:`encoder_identity`).
+        layers (list[int]): the selected layers.
+        content (ItemContent): the catalogue's content.
+        dtype (str): storage dtype (``peft_config.cache_dtype``).
+        catalogue_pass (CataloguePass | None): batch size, device, progress bar.
     """
-
-    def __init__(
-        self, folder: str, states: dict[str, np.ndarray], rebuilt: bool
-    ) -> None:
-        self.folder = folder
-        self.states = states
-        self.rebuilt = rebuilt
-
-    @staticmethod
-    def fingerprint(
-        encoder: ItemEncoder, encoder_id: dict, layers: list[int], content, dtype: str
-    ) -> dict:
-        """The JSON-able description of every input the states depend on."""
-        return {
-            "format": CACHE_FORMAT,
-            "encoder": {
-                "class": type(encoder).__name__,
-                **encoder_id,
-                "checksum": encoder_checksum(encoder),
-            },
-            "modalities": list(encoder.modalities),
-            "layers": list(layers),
-            "dtype": dtype,
-            "content": content_checksum(content),
-        }
-
-    @classmethod
-    def build_or_load(
-        cls,
-        folder: str,
-        encoder: ItemEncoder,
-        encoder_id: dict,
-        layers: list[int],
+    fingerprint = {
+        "format": STATES_FORMAT,
+        "encoder": {
+            "class": type(encoder).__name__,
+            **encoder_id,
+            "checksum": encoder_checksum(encoder),
+        },
+        "modalities": list(encoder.modalities),
+        "layers": list(layers),
+        "content": content_checksum(content),
+    }
+    return CatalogueStates.build_or_load(
+        folder,
+        fingerprint,
         content,
-        dtype: str = "float16",
-        batch_size: int = 256,
-        device: torch.device | str = "cpu",
-        show_progress: bool = False,
-    ) -> LayerStateCache:
-        """The cache in ``folder``, reused if its fingerprint matches, else rebuilt.
-
-        Args:
-            folder (str): the cache's folder.
-            encoder (ItemEncoder): the frozen encoder.
-            encoder_id (dict): how the encoder was made (path, random_init).
-            layers (list[int]): the selected layers.
-            content (ItemContent): the catalogue's content.
-            dtype (str): storage dtype, one of ``CACHE_DTYPES``.
-            batch_size (int): items per encoder call.
-            device (torch.device | str): where the encoder runs for the build.
-            show_progress (bool): a progress bar over the build.
-        """
-        if dtype not in CACHE_DTYPES:
-            raise ValueError(
-                f"`peft_config.cache_dtype`: expected one of {list(CACHE_DTYPES)}, got {dtype!r}."
-            )
-        fingerprint = cls.fingerprint(encoder, encoder_id, layers, content, dtype)
-        meta_path = os.path.join(folder, "meta.json")
-        meta = None
-        if os.path.isfile(meta_path):
-            try:
-                with open(meta_path, encoding="utf-8") as f:
-                    meta = json.load(f)
-            except (OSError, ValueError):
-                meta = None
-        if meta is not None and meta.get("fingerprint") == fingerprint:
-            states = cls._open(folder, encoder.modalities, content.n_items, len(layers))
-            if states is not None:
-                logger.info(f"IISAN layer states: reusing {folder}")
-                return cls(folder, states, rebuilt=False)
-        os.makedirs(folder, exist_ok=True)
-        if os.path.exists(meta_path):
-            os.remove(meta_path)
-        start = time.perf_counter()
-        cls._build(
-            folder, encoder, layers, content, dtype, batch_size, device, show_progress
-        )
-        seconds = time.perf_counter() - start
-        tmp_meta = f"{meta_path}.tmp-{os.getpid()}"
-        with open(tmp_meta, "w", encoding="utf-8") as f:
-            json.dump(
-                {"fingerprint": fingerprint, "build_seconds": round(seconds, 3)},
-                f,
-                indent=1,
-            )
-        os.replace(tmp_meta, meta_path)
-        logger.info(
-            f"IISAN layer states: built {folder} for {content.n_items} items, layers "
-            f"{layers}, in {seconds:.1f} s"
-        )
-        states = cls._open(folder, encoder.modalities, content.n_items, len(layers))
-        return cls(folder, states, rebuilt=True)
-
-    @staticmethod
-    def _open(
-        folder: str, modalities: list[str], n_items: int, n_layers: int
-    ) -> dict[str, np.ndarray] | None:
-        states = {}
-        for modality in modalities:
-            path = os.path.join(folder, f"{modality}.npy")
-            try:
-                array = np.load(path, mmap_mode="r")
-            except (OSError, ValueError):
-                return None
-            if array.ndim != 3 or array.shape[:2] != (n_items, n_layers):
-                return None
-            states[modality] = array
-        return states
-
-    @staticmethod
-    @torch.no_grad()
-    def _build(
-        folder, encoder, layers, content, dtype, batch_size, device, show_progress
-    ) -> None:
-        was_training = encoder.training
-        encoder.eval()
-        chunks = torch.arange(content.n_items).split(batch_size)
-        if show_progress:
-            chunks = tqdm(chunks, total=len(chunks), ncols=100, desc="IISAN states")
-        arrays: dict[str, np.ndarray] = {}
-        tmp_paths: dict[str, str] = {}
-        try:
-            for chunk in chunks:
-                out = encoder.layer_states(content.gather(chunk).to(device), layers)
-                for modality, value in out.items():
-                    if modality not in arrays:
-                        path = os.path.join(folder, f"{modality}.npy.tmp-{os.getpid()}")
-                        shape = (content.n_items, len(layers), value.shape[-1])
-                        arrays[modality] = np.lib.format.open_memmap(
-                            path, mode="w+", dtype=dtype, shape=shape
-                        )
-                        tmp_paths[modality] = path
-                    rows = slice(int(chunk[0]), int(chunk[-1]) + 1)
-                    arrays[modality][rows] = value.float().cpu().numpy().astype(dtype)
-            for modality, array in arrays.items():
-                array.flush()
-            arrays.clear()
-            for modality, path in tmp_paths.items():
-                os.replace(path, os.path.join(folder, f"{modality}.npy"))
-        finally:
-            arrays.clear()
-            for path in tmp_paths.values():
-                if os.path.exists(path):
-                    os.remove(path)
-            encoder.train(was_training)
+        lambda batch: encoder.layer_states(batch, layers),
+        catalogue_pass or CataloguePass(),
+        "IISAN layer states",
+        dtype=dtype,
+        modules=(encoder,),
+    )
 
 
 class GatedSideStream(nn.Module):
@@ -399,9 +254,9 @@ class IISANBank(GroupModuleBank):
             raise ValueError(
                 f"`peft_config.activation`: expected one of {list(ACTIVATIONS)}, got {activation!r}."
             )
-        if cache_dtype not in CACHE_DTYPES:
+        if cache_dtype not in STORE_DTYPES:
             raise ValueError(
-                f"`peft_config.cache_dtype`: expected one of {list(CACHE_DTYPES)}, got {cache_dtype!r}."
+                f"`peft_config.cache_dtype`: expected one of {list(STORE_DTYPES)}, got {cache_dtype!r}."
             )
         # The model owns the encoder; keep a plain reference (no second copy of
         # its tensors in the state dict).
@@ -416,47 +271,29 @@ class IISANBank(GroupModuleBank):
         self.side_dim = side_dim
         self.activation = activation
         self.cache_dtype = cache_dtype
-        self.encoder_id = {
-            "path": config["encoder_path"],
-            "random_init": config["encoder_random_init"],
-            "seed": config["seed"],
-        }
-        # one folder per encoder and layer selection, so that runs that switch
-        # between encoders do not rebuild each other's states
-        variant = hashlib.sha256(
-            json.dumps(
-                [type(encoder).__name__, self.encoder_id, encoder.modalities, self.layers],
-                sort_keys=True,
-                default=str,
-            ).encode()
-        ).hexdigest()[:10]
-        self.cache_folder = os.path.join(
-            config["content_cache_dir"]
-            or os.path.join(config["checkpoint_dir"], "content_cache"),
-            f"{config['dataset']}-iisan-{variant}",
+        self.encoder_id = encoder_identity(config)
+        self.cache_folder = store_folder(
+            config,
+            "iisan",
+            [type(encoder).__name__, self.encoder_id, encoder.modalities, self.layers],
         )
         self.catalogue_pass = CataloguePass.from_config(config)
         self.modules_ = nn.ModuleList()
-        self.cache: LayerStateCache | None = None
-        self._states: dict[str, np.ndarray] | None = None
+        self.cache: CatalogueStates | None = None
 
     # ---- setup --------------------------------------------------------------
     def prepare(self, content) -> None:
         """Build or reuse the layer-state cache of ``content``, then the side networks."""
-        run = self.catalogue_pass
-        with run.on_device(self.encoder) as device:
-            self.cache = LayerStateCache.build_or_load(
+        with self.catalogue_pass.on_device(self.encoder):
+            self.cache = layer_state_store(
                 self.cache_folder,
                 self.encoder,
                 self.encoder_id,
                 self.layers,
                 content,
                 dtype=self.cache_dtype,
-                batch_size=run.batch_size,
-                device=device,
-                show_progress=run.show_progress,
+                catalogue_pass=self.catalogue_pass,
             )
-        self._states = self.cache.states
         if len(self.modules_) == 0:
             in_dims = {m: int(a.shape[-1]) for m, a in self.cache.states.items()}
             for _ in range(self.n_modules):
@@ -472,7 +309,7 @@ class IISANBank(GroupModuleBank):
             self.activate(self.active)
 
     def _check_prepared(self) -> None:
-        if self._states is None:
+        if self.cache is None:
             raise RuntimeError(
                 "IISANBank.prepare(content) must run before the bank is used"
             )
@@ -518,7 +355,7 @@ class IISANBank(GroupModuleBank):
         self, item_ids: torch.Tensor, content, device: torch.device
     ) -> dict[str, torch.Tensor]:
         """Side-network outputs of the active group for ``item_ids``; reads the cache only."""
-        if self._states is None:
+        if self.cache is None:
             self.prepare(content)
         return self.modules_[self.active](self.read_states(item_ids, device))
 
@@ -526,8 +363,4 @@ class IISANBank(GroupModuleBank):
         self, item_ids: torch.Tensor, device: torch.device
     ) -> dict[str, torch.Tensor]:
         """Cached layer states ``{m: [N, n_layers, D_m]}`` of ``item_ids``, as float32."""
-        ids = item_ids.cpu().numpy()
-        return {
-            m: torch.from_numpy(np.asarray(s[ids], dtype=np.float32)).to(device)
-            for m, s in self._states.items()
-        }
+        return self.cache.read(item_ids, device)

@@ -8,21 +8,21 @@ catalogue; each step then runs blocks k.. only, as IISAN's side network reads
 its cached states instead of running the encoder.
 
 The states are computed in eval mode (no dropout in the frozen lower blocks)
-and kept in memory as float32, [n_items, T, D] per tower: T is the catalogue's
-longest text (cut to each batch's longest when read) or the image's tokens.
+and stored as float32 on disk (:mod:`~recbole_perpeft.tuners.state_store`,
+memory-mapped, reused by later runs with the same encoder, blocks and content),
+[n_items, T, D] per tower: T is the catalogue's longest text (cut to each
+batch's longest when read) or the image's tokens.
 """
 
 from __future__ import annotations
 
-import time
-from logging import getLogger
-
 import torch
-from tqdm import tqdm
 
 from recbole_perpeft.encoders.base import ItemEncoder
+from recbole_perpeft.tuners.base import CataloguePass
+from recbole_perpeft.tuners.state_store import CatalogueStates, content_checksum, encoder_checksum
 
-logger = getLogger(__name__)
+STATES_FORMAT = 1
 
 
 def first_adapted_blocks(encoder: ItemEncoder, module_names: list[str]) -> dict[str, int]:
@@ -51,7 +51,7 @@ class LowerLayerCache:
     """The token states entering each tower's first adapted block, for the catalogue.
 
     Args:
-        encoder (ItemEncoder): must implement ``hidden_before_block`` and
+        encoder (ItemEncoder): implements ``hidden_before_block`` and
             ``encode_from_block``.
         first_blocks (dict[str, int]): the first adapted block per modality
             (:func:`first_adapted_blocks`).
@@ -60,50 +60,67 @@ class LowerLayerCache:
     def __init__(self, encoder: ItemEncoder, first_blocks: dict[str, int]) -> None:
         self.encoder = encoder
         self.first_blocks = dict(first_blocks)
-        self.states: dict[str, torch.Tensor] = {}
+        self.store: CatalogueStates | None = None
 
     @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.states.values())
+    def states(self) -> dict:
+        """``{modality: [n_items, T, D]}`` memory-mapped arrays (empty before build)."""
+        return self.store.states if self.store is not None else {}
 
-    @torch.no_grad()
     def build(
         self,
+        folder: str,
+        encoder_id: dict,
         content,
-        batch_size: int,
-        device: torch.device | str,
-        show_progress: bool = False,
+        catalogue_pass: CataloguePass,
+        adapter_keys: set[str] = frozenset(),
     ) -> None:
-        """Run the lower blocks over the catalogue ``content`` (ItemContent) once."""
+        """Run the lower blocks over the catalogue ``content`` (ItemContent) once,
+        or reuse the states a run with the same inputs stored in ``folder``.
+
+        Args:
+            folder (str): the store's folder.
+            encoder_id (dict): how the encoder was made (path, random init, seed).
+            content (ItemContent): the catalogue's content.
+            catalogue_pass (CataloguePass): batch size, device, progress bar.
+            adapter_keys (set[str]): backbone state keys of the adapters, left
+                out of the encoder's checksum (the lower blocks do not use them).
+        """
         encoder = self.encoder
-        was_training = encoder.training
-        encoder.eval()
-        start = time.perf_counter()
-        chunks = torch.arange(content.n_items).split(batch_size)
-        if show_progress:
-            chunks = tqdm(chunks, total=len(chunks), ncols=100, desc="Lower layers")
-        try:
-            for chunk in chunks:
-                batch = content.gather(chunk).to(device)
-                for modality, block in self.first_blocks.items():
-                    hidden = encoder.hidden_before_block(batch, modality, block).float().cpu()
-                    if modality not in self.states:
-                        width = (
-                            content.input_ids.shape[1] if modality == "text" else hidden.shape[1]
-                        )
-                        self.states[modality] = torch.zeros(
-                            content.n_items, width, hidden.shape[-1]
-                        )
-                    self.states[modality][chunk, : hidden.shape[1]] = hidden
-        finally:
-            encoder.train(was_training)
+        fingerprint = {
+            "format": STATES_FORMAT,
+            "encoder": {
+                "class": type(encoder).__name__,
+                **encoder_id,
+                "checksum": encoder_checksum(encoder, adapter_keys),
+            },
+            "first_blocks": self.first_blocks,
+            "content": content_checksum(content),
+        }
+        text_width = content.input_ids.shape[1] if content.input_ids is not None else 0
+
+        def compute(batch):
+            return {
+                modality: encoder.hidden_before_block(batch, modality, block)
+                for modality, block in self.first_blocks.items()
+            }
+
+        def row_shape(modality, value):
+            # texts: room for the catalogue's longest, whatever the chunk's longest
+            return (text_width, value.shape[-1]) if modality == "text" else tuple(value.shape[1:])
+
         blocks = ", ".join(
-            f"{m} blocks 0..{b - 1} of {encoder.layer_count(m)}"
-            for m, b in self.first_blocks.items()
+            f"{m} blocks 0..{b - 1} of {encoder.layer_count(m)}" for m, b in self.first_blocks.items()
         )
-        logger.info(
-            f"cache_frozen_layers: {blocks} run once for {content.n_items} items in "
-            f"{time.perf_counter() - start:.1f} s; {self.nbytes / 2**20:.1f} MiB in memory"
+        self.store = CatalogueStates.build_or_load(
+            folder,
+            fingerprint,
+            content,
+            compute,
+            catalogue_pass,
+            f"cache_frozen_layers ({blocks})",
+            row_shape=row_shape,
+            modules=(encoder,),
         )
 
     def embed(
@@ -111,8 +128,8 @@ class LowerLayerCache:
     ) -> dict[str, torch.Tensor]:
         """Embeddings ``{modality: [N, D_m]}`` of ``item_ids`` from the cached
         states, running only the upper (adapted) blocks."""
-        if not self.states:
-            raise RuntimeError("LowerLayerCache.build(content, ...) must run first")
+        if self.store is None:
+            raise RuntimeError("LowerLayerCache.build(...) must run first")
         batch = content.gather(item_ids, images=False).to(device)
         text_length = batch.input_ids.shape[1] if batch.input_ids is not None else None
         states = self.read_states(item_ids, device, text_length)
@@ -126,11 +143,4 @@ class LowerLayerCache:
     ) -> dict[str, torch.Tensor]:
         """Cached states ``{modality: [N, T, D]}`` of ``item_ids``; text cut to
         ``text_length`` tokens (the batch's longest)."""
-        ids = item_ids.cpu()
-        out = {}
-        for modality, states in self.states.items():
-            hidden = states[ids]
-            if modality == "text" and text_length is not None:
-                hidden = hidden[:, :text_length]
-            out[modality] = hidden.to(device, non_blocking=True)
-        return out
+        return self.store.read(item_ids, device, None if text_length is None else {"text": text_length})

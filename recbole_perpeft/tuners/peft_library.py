@@ -141,6 +141,10 @@ class PeftLibraryBank(GroupModuleBank):
             once for the catalogue (:mod:`~recbole_perpeft.tuners.lower_layer_cache`).
         catalogue_pass (CataloguePass | None): batch size, device and progress
             bar of that one pass (default: batches of 256 on the CPU).
+        states_folder (str | None): where the cached states are stored
+            (required with ``cache_frozen_layers``).
+        encoder_id (dict | None): how the encoder was made, part of the
+            states' fingerprint (:func:`~recbole_perpeft.tuners.state_store.encoder_identity`).
     """
 
     def __init__(
@@ -150,10 +154,14 @@ class PeftLibraryBank(GroupModuleBank):
         n_modules: int,
         cache_frozen_layers: bool = False,
         catalogue_pass: CataloguePass | None = None,
+        states_folder: str | None = None,
+        encoder_id: dict | None = None,
     ) -> None:
         super().__init__(n_modules)
         self.cache_frozen_layers = cache_frozen_layers
         self.catalogue_pass = catalogue_pass or CataloguePass()
+        self.states_folder = states_folder
+        self.encoder_id = dict(encoder_id or {})
         self.lower_layers = None
         from peft import inject_adapter_in_model
 
@@ -210,11 +218,22 @@ class PeftLibraryBank(GroupModuleBank):
                 "peft_config.layers_to_transform to the upper blocks to use it."
             )
             return
+        if self.states_folder is None:
+            raise ValueError("cache_frozen_layers needs a states_folder to store the states in")
         cache = LowerLayerCache(encoder, first)
-        run = self.catalogue_pass
-        with run.on_device(encoder) as device:
-            cache.build(content, run.batch_size, device, run.show_progress)
+        with self.catalogue_pass.on_device(encoder):
+            cache.build(
+                self.states_folder,
+                self.encoder_id,
+                content,
+                self.catalogue_pass,
+                self.adapter_state_keys(),
+            )
         self.lower_layers = cache
+
+    def adapter_state_keys(self) -> set[str]:
+        """The backbone's state keys that belong to any module's adapter."""
+        return {name for index in range(self.n_modules) for _, name, _ in self._module_items(index)}
 
     def _tuner_layers(self) -> list[tuple[str, nn.Module]]:
         from peft.tuners.tuners_utils import BaseTunerLayer
