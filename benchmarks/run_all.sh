@@ -5,7 +5,8 @@
 # ML100K_MODELS="..." narrows the models of the first ml-100k comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEFAULT=properties/quick_start_config/default_run.yaml
+# the default run's schedule with LoRA in every block, as the tables were measured
+DEFAULT="properties/quick_start_config/default_run.yaml benchmarks/configs/all_blocks.yaml"
 SYNTH=benchmarks/configs/synthetic_tiny_clip.yaml
 [ -d dataset/synthetic ] || python dataset/make_synthetic.py --out dataset/synthetic --items 1000 --users 800
 # ml-100k (text, pretrained MiniLM): the foundation issue's comparison
