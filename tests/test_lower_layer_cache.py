@@ -163,6 +163,14 @@ def test_cache_with_iisan_is_ignored_with_a_warning(tmp_path, caplog) -> None:
     assert "cache_frozen_layers is ignored with peft_type 'iisan'" in caplog.text
 
 
+def test_peft_library_block_keys_are_ignored_by_iisan_with_a_warning(tmp_path, caplog) -> None:
+    # the embedded default sets layers_to_transform; --peft_type=iisan must still run
+    with caplog.at_level(logging.WARNING):
+        _, _, model = build_tiny_perpeft(tmp_path, "iisan", {"layers_to_transform": [1]})
+    assert type(model.bank).__name__ == "IISANBank"
+    assert "peft_config.layers_to_transform is ignored with peft_type 'iisan'" in caplog.text
+
+
 def test_catalogue_pass_returns_the_encoder_where_it_was_also_on_error() -> None:
     from recbole_perpeft.tuners.base import CataloguePass
 
@@ -196,7 +204,8 @@ def test_cached_states_are_stored_on_disk_and_reused_by_the_next_run(tmp_path) -
     store = cache.store
     assert store.rebuilt
     assert os.path.dirname(store.folder) == os.path.join(config["checkpoint_dir"], "content_cache")
-    assert os.path.basename(store.folder).startswith("tiny-lower-")
+    name = os.path.basename(store.folder)
+    assert name.startswith("tiny-lower-") and name.endswith("-text1")  # first adapted block
     assert sorted(os.listdir(store.folder)) == ["meta.json", "text.npy"]  # no temporary left
     assert isinstance(store.states["text"], np.memmap) and store.states["text"].dtype == np.float32
 
@@ -209,6 +218,9 @@ def test_cached_states_are_stored_on_disk_and_reused_by_the_next_run(tmp_path) -
     again = second.bank.lower_layers.store
     assert not again.rebuilt and again.folder == store.folder
     np.testing.assert_array_equal(again.states["text"], store.states["text"])
+    # (IA)3 in the same blocks reads the same states
+    _, _, ia3 = build_tiny_perpeft(tmp_path, "ia3", {"layers_to_transform": [1]}, cache_frozen_layers=True)
+    assert ia3.bank.lower_layers.store.folder == store.folder and not ia3.bank.lower_layers.store.rebuilt
     # another seed: other random weights (and their own folder), built anew
     _, _, other = build_tiny_perpeft(tmp_path, "lora", peft_config, cache_frozen_layers=True, seed=7)
     assert other.bank.lower_layers.store.rebuilt

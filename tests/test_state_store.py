@@ -3,6 +3,8 @@ lower layers: identity of the encoder, padding of short rows, rebuilds."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -79,3 +81,27 @@ def test_pretrained_encoders_share_states_across_seeds_random_ones_do_not() -> N
     assert random[0] != random[1]
     folder = store_folder({**base, "seed": 1}, "lower", ["HFTextEncoder", pretrained[0]])
     assert folder.startswith("/c/d-lower-") and len(folder) == len("/c/d-lower-") + 10
+
+
+def test_leftovers_of_killed_builds_are_removed_a_live_builds_kept(tmp_path) -> None:
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id that no longer runs
+    dead = tmp_path / f"text.npy.tmp-{gone.pid}"
+    live = tmp_path / f"text.npy.tmp-{os.getppid()}"
+    dead.write_bytes(b"half")
+    live.write_bytes(b"building")
+    assert _store(tmp_path).rebuilt
+    assert not dead.exists() and live.exists()
+
+
+def test_an_unwritable_store_names_the_key(tmp_path, monkeypatch) -> None:
+    from recbole_perpeft.tuners import state_store
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(state_store.os, "makedirs", refuse)
+    with pytest.raises(PermissionError, match="`content_cache_dir`: cannot write the test states store"):
+        _store(tmp_path / "new")

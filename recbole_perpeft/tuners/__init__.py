@@ -31,6 +31,14 @@ def build_bank(config, encoder: ItemEncoder, n_modules: int) -> GroupModuleBank:
                 "the frozen encoder once for the catalogue anyway and trains only "
                 "its side networks over the stored layer states."
             )
+        for key in ("layers_to_transform", "layers_pattern"):
+            if key in kwargs:
+                # e.g. the embedded default's LoRA setting, with --peft_type=iisan
+                getLogger().warning(
+                    f"peft_config.{key} is ignored with peft_type 'iisan', which "
+                    "selects its layers with peft_config.layers."
+                )
+                kwargs.pop(key)
         return IISANBank(config, encoder, n_modules, **kwargs)
     from recbole_perpeft.tuners.peft_library import PeftLibraryBank, build_peft_config
 
@@ -43,13 +51,7 @@ def build_bank(config, encoder: ItemEncoder, n_modules: int) -> GroupModuleBank:
         states_folder=store_folder(
             config,
             "lower",
-            [
-                type(encoder).__name__,
-                encoder_identity(config),
-                encoder.modalities,
-                kwargs.get("target_modules"),
-                kwargs.get("layers_to_transform"),
-            ],
+            [type(encoder).__name__, encoder_identity(config), encoder.modalities],
         ),
         encoder_id=encoder_identity(config),
     )

@@ -141,8 +141,8 @@ class PeftLibraryBank(GroupModuleBank):
             once for the catalogue (:mod:`~recbole_perpeft.tuners.lower_layer_cache`).
         catalogue_pass (CataloguePass | None): batch size, device and progress
             bar of that one pass (default: batches of 256 on the CPU).
-        states_folder (str | None): where the cached states are stored
-            (required with ``cache_frozen_layers``).
+        states_folder (str | None): where the cached states are stored, the
+            first adapted blocks appended (required with ``cache_frozen_layers``).
         encoder_id (dict | None): how the encoder was made, part of the
             states' fingerprint (:func:`~recbole_perpeft.tuners.state_store.encoder_identity`).
     """
@@ -221,9 +221,12 @@ class PeftLibraryBank(GroupModuleBank):
         if self.states_folder is None:
             raise ValueError("cache_frozen_layers needs a states_folder to store the states in")
         cache = LowerLayerCache(encoder, first)
+        # one folder per first adapted block(s): every PEFT kind adapting the
+        # same blocks shares it
+        blocks = "-".join(f"{modality}{block}" for modality, block in sorted(first.items()))
         with self.catalogue_pass.on_device(encoder):
             cache.build(
-                self.states_folder,
+                f"{self.states_folder}-{blocks}",
                 self.encoder_id,
                 content,
                 self.catalogue_pass,

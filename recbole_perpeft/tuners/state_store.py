@@ -44,8 +44,10 @@ def encoder_identity(config) -> dict:
 
 def store_folder(config, kind: str, variant: list) -> str:
     """``<content_cache_dir>/<dataset>-<kind>-<hash of variant>``; one folder per
-    variant, so that runs switching between settings do not rebuild each other's
-    states (``content_cache_dir`` defaults to ``<checkpoint_dir>/content_cache``)."""
+    variant (encoder, layer selection), so that runs switching between them do
+    not rebuild each other's states; a change of the item content (text fields,
+    tokenisation) rebuilds the folder in place. ``content_cache_dir`` defaults
+    to ``<checkpoint_dir>/content_cache``; old folders are not removed."""
     digest = hashlib.sha256(json.dumps(variant, sort_keys=True, default=str).encode())
     root = config["content_cache_dir"] or os.path.join(config["checkpoint_dir"], "content_cache")
     return os.path.join(root, f"{config['dataset']}-{kind}-{digest.hexdigest()[:10]}")
@@ -53,11 +55,16 @@ def store_folder(config, kind: str, variant: list) -> str:
 
 def encoder_checksum(encoder: ItemEncoder, skip: set[str] = frozenset()) -> str:
     """sha256 over the names, shapes and values of the backbone's tensors, leaving
-    out the ``skip`` keys (trainable adapter tensors, which the states do not use)."""
+    out the ``skip`` keys (trainable adapter tensors, which the states do not use).
+    Names are taken as before peft wrapped their module (``.base_layer`` dropped),
+    so that every PEFT kind on the same weights gives the same checksum."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(encoder.backbone.state_dict().items()):
-        if name in skip:
-            continue
+    tensors = {
+        name.replace(".base_layer.", "."): tensor
+        for name, tensor in encoder.backbone.state_dict().items()
+        if name not in skip
+    }
+    for name, tensor in sorted(tensors.items()):
         data = tensor.detach().cpu()
         if data.dtype not in (torch.float32, torch.float16, torch.int64, torch.int32):
             data = data.float()
@@ -145,25 +152,38 @@ class CatalogueStates:
         fingerprint = {**fingerprint, "dtype": dtype}
         meta_path = os.path.join(folder, "meta.json")
         meta = _read_json(meta_path)
-        if meta is not None and meta.get("fingerprint") == fingerprint:
+        if meta is None:
+            reason = "none stored yet" if not os.path.exists(meta_path) else "unreadable meta.json"
+        elif meta.get("fingerprint") != fingerprint:
+            reason = "encoder, settings or content changed"
+        else:
             states = _open(folder, meta.get("shapes") or {}, dtype)
             if states is not None:
                 logger.info(f"{label}: reusing {folder}")
                 return cls(folder, states, rebuilt=False)
-        os.makedirs(folder, exist_ok=True)
-        if os.path.exists(meta_path):
-            os.remove(meta_path)
+            reason = "arrays missing or of the wrong shape"
+        logger.info(f"{label}: building {folder} ({reason})")
         start = time.perf_counter()
-        shapes = _build(folder, content, compute, catalogue_pass, label, dtype, row_shape, modules)
-        seconds = time.perf_counter() - start
-        tmp_meta = f"{meta_path}.tmp-{os.getpid()}"
-        with open(tmp_meta, "w", encoding="utf-8") as f:
-            json.dump(
-                {"fingerprint": fingerprint, "shapes": shapes, "build_seconds": round(seconds, 3)},
-                f,
-                indent=1,
-            )
-        os.replace(tmp_meta, meta_path)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            _remove_leftovers(folder)
+            if os.path.exists(meta_path):
+                os.remove(meta_path)
+            shapes = _build(folder, content, compute, catalogue_pass, label, dtype, row_shape, modules)
+            seconds = time.perf_counter() - start
+            tmp_meta = f"{meta_path}.tmp-{os.getpid()}"
+            with open(tmp_meta, "w", encoding="utf-8") as f:
+                json.dump(
+                    {"fingerprint": fingerprint, "shapes": shapes, "build_seconds": round(seconds, 3)},
+                    f,
+                    indent=1,
+                )
+            os.replace(tmp_meta, meta_path)
+        except PermissionError as error:
+            raise PermissionError(
+                f"`content_cache_dir`: cannot write the {label} store in {folder} "
+                f"({error}); set content_cache_dir to a writable folder."
+            ) from error
         states = _open(folder, shapes, dtype)
         store = cls(folder, states, rebuilt=True)
         logger.info(
@@ -171,6 +191,27 @@ class CatalogueStates:
             f"({store.nbytes / 2**20:.1f} MiB, {dtype})"
         )
         return store
+
+
+def _remove_leftovers(folder: str) -> None:
+    """Temporary files (``<name>.tmp-<pid>``) of builds whose process is gone,
+    killed before it could clean up; a live process's build is left alone."""
+    for name in os.listdir(folder):
+        _, mark, pid = name.rpartition(".tmp-")
+        if mark and pid.isdigit() and not _process_alive(int(pid)):
+            os.remove(os.path.join(folder, name))
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would signal it there: keep its files
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _read_json(path: str) -> dict | None:
