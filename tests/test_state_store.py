@@ -105,3 +105,29 @@ def test_an_unwritable_store_names_the_key(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(state_store.os, "makedirs", refuse)
     with pytest.raises(PermissionError, match="`content_cache_dir`: cannot write the test states store"):
         _store(tmp_path / "new")
+
+
+def test_the_encoder_is_moved_and_set_to_eval_only_for_a_build(tmp_path) -> None:
+    class Recorder(torch.nn.Linear):
+        def to(self, device):
+            self.moves.append(str(device))
+            return self
+
+    encoder = Recorder(2, 2)
+    encoder.moves, modes = [], []
+
+    def compute_in(ids):
+        modes.append(encoder.training)
+        return compute(ids)
+
+    def store():
+        return CatalogueStates.build_or_load(
+            str(tmp_path), {"v": 1}, Content(), compute_in, CataloguePass(batch_size=2),
+            "test states", row_shape=lambda modality, value: (3, 2), encoder=encoder,
+        )
+
+    encoder.train()
+    assert store().rebuilt
+    assert encoder.moves == ["cpu", "cpu"] and modes == [False, False, False]  # 3 chunks
+    assert encoder.training  # restored
+    assert not store().rebuilt and encoder.moves == ["cpu", "cpu"]  # reuse: never moved

@@ -35,7 +35,7 @@ from recbole_perpeft.tuners.state_store import (
     STORE_DTYPES,
     CatalogueStates,
     content_checksum,
-    encoder_checksum,
+    encoder_fingerprint,
     encoder_identity,
     store_folder,
 )
@@ -101,11 +101,7 @@ def layer_state_store(
     """
     fingerprint = {
         "format": STATES_FORMAT,
-        "encoder": {
-            "class": type(encoder).__name__,
-            **encoder_id,
-            "checksum": encoder_checksum(encoder),
-        },
+        "encoder": encoder_fingerprint(encoder, encoder_id),
         "modalities": list(encoder.modalities),
         "layers": list(layers),
         "content": content_checksum(content),
@@ -118,7 +114,7 @@ def layer_state_store(
         catalogue_pass or CataloguePass(),
         "IISAN layer states",
         dtype=dtype,
-        modules=(encoder,),
+        encoder=encoder,
     )
 
 
@@ -284,16 +280,15 @@ class IISANBank(GroupModuleBank):
     # ---- setup --------------------------------------------------------------
     def prepare(self, content) -> None:
         """Build or reuse the layer-state cache of ``content``, then the side networks."""
-        with self.catalogue_pass.on_device(self.encoder):
-            self.cache = layer_state_store(
-                self.cache_folder,
-                self.encoder,
-                self.encoder_id,
-                self.layers,
-                content,
-                dtype=self.cache_dtype,
-                catalogue_pass=self.catalogue_pass,
-            )
+        self.cache = layer_state_store(
+            self.cache_folder,
+            self.encoder,
+            self.encoder_id,
+            self.layers,
+            content,
+            dtype=self.cache_dtype,
+            catalogue_pass=self.catalogue_pass,
+        )
         if len(self.modules_) == 0:
             in_dims = {m: int(a.shape[-1]) for m, a in self.cache.states.items()}
             for _ in range(self.n_modules):

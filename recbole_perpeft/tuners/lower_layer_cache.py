@@ -20,7 +20,7 @@ import torch
 
 from recbole_perpeft.encoders.base import ItemEncoder
 from recbole_perpeft.tuners.base import CataloguePass
-from recbole_perpeft.tuners.state_store import CatalogueStates, content_checksum, encoder_checksum
+from recbole_perpeft.tuners.state_store import CatalogueStates, content_checksum, encoder_fingerprint
 
 STATES_FORMAT = 1
 
@@ -89,11 +89,7 @@ class LowerLayerCache:
         encoder = self.encoder
         fingerprint = {
             "format": STATES_FORMAT,
-            "encoder": {
-                "class": type(encoder).__name__,
-                **encoder_id,
-                "checksum": encoder_checksum(encoder, adapter_keys),
-            },
+            "encoder": encoder_fingerprint(encoder, encoder_id, adapter_keys),
             "first_blocks": self.first_blocks,
             "content": content_checksum(content),
         }
@@ -120,7 +116,7 @@ class LowerLayerCache:
             catalogue_pass,
             f"cache_frozen_layers ({blocks})",
             row_shape=row_shape,
-            modules=(encoder,),
+            encoder=encoder,
         )
 
     def embed(

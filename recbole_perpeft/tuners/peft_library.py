@@ -224,14 +224,13 @@ class PeftLibraryBank(GroupModuleBank):
         # one folder per first adapted block(s): every PEFT kind adapting the
         # same blocks shares it
         blocks = "-".join(f"{modality}{block}" for modality, block in sorted(first.items()))
-        with self.catalogue_pass.on_device(encoder):
-            cache.build(
-                f"{self.states_folder}-{blocks}",
-                self.encoder_id,
-                content,
-                self.catalogue_pass,
-                self.adapter_state_keys(),
-            )
+        cache.build(
+            f"{self.states_folder}-{blocks}",
+            self.encoder_id,
+            content,
+            self.catalogue_pass,
+            self.adapter_state_keys(),
+        )
         self.lower_layers = cache
 
     def adapter_state_keys(self) -> set[str]:

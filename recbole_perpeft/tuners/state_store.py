@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import time
+from contextlib import ExitStack
 from logging import getLogger
 from typing import Callable
 
@@ -73,6 +74,12 @@ def encoder_checksum(encoder: ItemEncoder, skip: set[str] = frozenset()) -> str:
     return digest.hexdigest()
 
 
+def encoder_fingerprint(encoder: ItemEncoder, encoder_id: dict, skip: set[str] = frozenset()) -> dict:
+    """The encoder part of a store's fingerprint: its class, how it was made
+    (:func:`encoder_identity`) and the checksum of its weights."""
+    return {"class": type(encoder).__name__, **encoder_id, "checksum": encoder_checksum(encoder, skip)}
+
+
 def content_checksum(content) -> dict:
     """What of the item content (ItemContent) the states depend on."""
     digest = hashlib.sha256()
@@ -129,7 +136,7 @@ class CatalogueStates:
         label: str,
         dtype: str = "float32",
         row_shape: Callable[[str, torch.Tensor], tuple[int, ...]] = _same_shape,
-        modules: tuple[torch.nn.Module, ...] = (),
+        encoder: torch.nn.Module | None = None,
     ) -> CatalogueStates:
         """The store in ``folder``, reused if its fingerprint matches, else rebuilt.
 
@@ -145,7 +152,8 @@ class CatalogueStates:
             row_shape: ``row_shape(modality, first_value)`` is one item's array
                 shape; values smaller than it (a chunk's shorter texts) fill its
                 leading part and the rest stays zero.
-            modules: modules put in eval mode during the build (and restored).
+            encoder: the module ``compute`` runs; during a build only, it is put
+                on the pass's device and in eval mode, and restored after.
         """
         if dtype not in STORE_DTYPES:
             raise ValueError(f"storage dtype: expected one of {list(STORE_DTYPES)}, got {dtype!r}.")
@@ -169,7 +177,7 @@ class CatalogueStates:
             _remove_leftovers(folder)
             if os.path.exists(meta_path):
                 os.remove(meta_path)
-            shapes = _build(folder, content, compute, catalogue_pass, label, dtype, row_shape, modules)
+            shapes = _build(folder, content, compute, catalogue_pass, label, dtype, row_shape, encoder)
             seconds = time.perf_counter() - start
             tmp_meta = f"{meta_path}.tmp-{os.getpid()}"
             with open(tmp_meta, "w", encoding="utf-8") as f:
@@ -236,11 +244,17 @@ def _open(folder: str, shapes: dict, dtype: str) -> dict[str, np.ndarray] | None
 
 
 @torch.no_grad()
-def _build(folder, content, compute, catalogue_pass, label, dtype, row_shape, modules) -> dict:
+def _build(folder, content, compute, catalogue_pass, label, dtype, row_shape, encoder) -> dict:
     """Write every modality's array; returns ``{modality: shape}``."""
-    was_training = [m.training for m in modules]
-    for module in modules:
-        module.eval()
+    with ExitStack() as restore:
+        if encoder is not None:
+            restore.enter_context(catalogue_pass.on_device(encoder))
+            restore.callback(encoder.train, encoder.training)
+            encoder.eval()
+        return _write_arrays(folder, content, compute, catalogue_pass, label, dtype, row_shape)
+
+
+def _write_arrays(folder, content, compute, catalogue_pass, label, dtype, row_shape) -> dict:
     chunks = torch.arange(content.n_items).split(catalogue_pass.batch_size)
     if catalogue_pass.show_progress:
         chunks = tqdm(chunks, total=len(chunks), ncols=100, desc=label)
@@ -270,5 +284,3 @@ def _build(folder, content, compute, catalogue_pass, label, dtype, row_shape, mo
         for path in tmp_paths.values():
             if os.path.exists(path):
                 os.remove(path)
-        for module, mode in zip(modules, was_training):
-            module.train(mode)
